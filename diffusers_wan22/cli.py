@@ -1,0 +1,198 @@
+"""`wan22` command line: `demo`, `generate`, `info`.
+
+Usage errors and invalid values print one line naming the bad value and what is accepted, and exit with code 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+EXIT_USAGE = 2
+
+EPILOG = """examples:
+  wan22 demo                                     # tiny random-weight pipeline, writes wan22_demo.mp4
+  wan22 generate --model ./Wan2.2-T2V-A14B --prompt "Two cats boxing on a stage." --size 832*480
+  wan22 info ./Wan2.2-T2V-A14B
+"""
+
+
+class CliError(Exception):
+    """A user mistake: reported as one line, exit code 2."""
+
+
+def _parse_size(text: str) -> tuple[int, int]:
+    """Official `--size W*H` (width first)."""
+    try:
+        w, h = (int(v) for v in text.lower().replace("x", "*").split("*"))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"--size must look like 1280*720 (width*height); got {text!r}") from None
+    if w <= 0 or h <= 0 or w % 16 or h % 16:
+        raise argparse.ArgumentTypeError(f"--size {text}: width and height must be positive multiples of 16")
+    return w, h
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {value}")
+    return value
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str):  # one line, exit 2, no usage dump
+        sys.stderr.write(f"wan22: error: {message}\n")
+        sys.exit(EXIT_USAGE)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog="wan22", description="Wan 2.2 video generation on HuggingFace diffusers.",
+                     epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+
+    demo = sub.add_parser("demo", help="run a tiny random-weight Wan 2.2 MoE pipeline and write an mp4")
+    demo.add_argument("--output", default="wan22_demo.mp4", help="mp4 path (default: %(default)s)")
+    demo.add_argument("--prompt", default="Two cats boxing on a stage.")
+    demo.add_argument("--size", type=_parse_size, default=(128, 128), help="W*H (default: 128*128)")
+    demo.add_argument("--frame_num", type=_positive_int, default=17)
+    demo.add_argument("--sample_steps", type=_positive_int, default=12)
+    demo.add_argument("--base_seed", type=int, default=0)
+
+    gen = sub.add_parser("generate", help="generate a video from a model folder (official or diffusers-format)")
+    gen.add_argument("--model", required=True, help="official checkpoint folder or a saved Wan22Pipeline folder")
+    gen.add_argument("--prompt", required=True)
+    gen.add_argument("--negative_prompt", default=None, help="default: the official negative prompt")
+    gen.add_argument("--size", type=_parse_size, default=None, help="W*H, e.g. 1280*720 (default: the variant's)")
+    gen.add_argument("--frame_num", type=_positive_int, default=None, help="4k+1 frames (default: the variant's)")
+    gen.add_argument("--sample_steps", type=_positive_int, default=None)
+    gen.add_argument("--sample_shift", type=float, default=None)
+    gen.add_argument("--sample_solver", choices=["unipc", "dpm++"], default="unipc")
+    gen.add_argument("--sample_guide_scale", type=float, nargs="+", default=None,
+                     help="one value for both experts, or two: HIGH LOW (high-noise then low-noise expert)")
+    gen.add_argument("--base_seed", type=int, default=0)
+    gen.add_argument("--dtype", choices=["bf16", "fp16", "fp32"], default="bf16")
+    gen.add_argument("--device", default=None, help="e.g. cuda, cuda:1, cpu (default: cuda if available)")
+    gen.add_argument("--offload_model", action="store_true", help="model CPU offload (one expert on the GPU)")
+    gen.add_argument("--output", default=None, help="mp4 path (default: wan22_<time>.mp4)")
+
+    info = sub.add_parser("info", help="describe a model folder")
+    info.add_argument("model")
+    return parser
+
+
+def _report_steps(experts: list[str], timesteps: list[float]) -> None:
+    for i, (e, t) in enumerate(zip(experts, timesteps)):
+        print(f"  step {i:2d}  t={t:7.1f}  expert={e}")
+
+
+def cmd_demo(args) -> int:
+    import torch
+
+    from .demo import build_demo_pipeline
+    from .video import save_video
+
+    width, height = args.size
+    pipe = build_demo_pipeline()
+    print("Built a tiny random-weight Wan 2.2 MoE pipeline (random weights: the video is noise).")
+    start = time.perf_counter()
+    out = pipe(args.prompt, height=height, width=width, num_frames=args.frame_num,
+               num_inference_steps=args.sample_steps, generator=torch.Generator().manual_seed(args.base_seed))
+    _report_steps(out.experts, out.timesteps)
+    path = save_video(out.frames[0], args.output, fps=pipe.variant_defaults.fps)
+    print(f"Wrote {path} ({args.frame_num} frames, {width}x{height}, {time.perf_counter() - start:.1f}s).")
+    print("For real videos: wan22 generate --model ./Wan2.2-T2V-A14B --prompt \"...\"")
+    return 0
+
+
+def load_any_pipeline(model: str, torch_dtype):
+    """A Wan 2.2 pipeline from an official folder or from a folder written by `save_pretrained`."""
+    from .pipelines.pipeline_wan22 import Wan22Pipeline
+
+    path = Path(model)
+    if not path.is_dir():
+        raise CliError(f"--model {model!r} is not a folder (download the checkpoint first)")
+    if (path / "model_index.json").exists():
+        from diffusers import DiffusionPipeline
+
+        return DiffusionPipeline.from_pretrained(path, torch_dtype=torch_dtype)
+    return Wan22Pipeline.from_official(path, torch_dtype=torch_dtype)
+
+
+def cmd_generate(args) -> int:
+    import torch
+
+    from .video import save_video
+
+    guide = args.sample_guide_scale
+    if guide is not None and len(guide) > 2:
+        raise CliError(f"--sample_guide_scale takes one or two values; got {len(guide)}")
+    dtype = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}[args.dtype]
+    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    pipe = load_any_pipeline(args.model, dtype)
+    if args.sample_solver == "dpm++" or args.sample_shift is not None:
+        from diffusers import DPMSolverMultistepScheduler, UniPCMultistepScheduler
+
+        cls = DPMSolverMultistepScheduler if args.sample_solver == "dpm++" else UniPCMultistepScheduler
+        overrides = {} if args.sample_shift is None else {"flow_shift": args.sample_shift}
+        pipe.scheduler = cls.from_config(pipe.scheduler.config, **overrides)
+    if args.offload_model:
+        pipe.enable_model_cpu_offload(device=device)
+    else:
+        pipe.to(device)
+    width, height = args.size if args.size else (None, None)
+    kwargs = {}
+    if guide:
+        kwargs["guidance_scale"] = guide[0]
+        kwargs["guidance_scale_2"] = guide[-1]
+    out = pipe(args.prompt, negative_prompt=args.negative_prompt, height=height, width=width,
+               num_frames=args.frame_num, num_inference_steps=args.sample_steps,
+               generator=torch.Generator(device="cpu").manual_seed(args.base_seed), **kwargs)
+    _report_steps(out.experts, out.timesteps)
+    output = args.output or f"wan22_{time.strftime('%Y%m%d_%H%M%S')}.mp4"
+    print(f"Wrote {save_video(out.frames[0], output, fps=pipe.variant_defaults.fps)}")
+    return 0
+
+
+def cmd_info(args) -> int:
+    from .loading import detect_official_variant
+
+    path = Path(args.model)
+    if (path / "model_index.json").exists():
+        import json
+
+        index = json.loads((path / "model_index.json").read_text())
+        print(f"{path}: diffusers-format pipeline {index.get('_class_name')}")
+        for name, value in index.items():
+            if not name.startswith("_"):
+                print(f"  {name}: {value}")
+        return 0
+    variant = detect_official_variant(path)
+    from .configs import get_variant
+
+    d = get_variant(variant)
+    print(f"{path}: official Wan 2.2 {variant} checkpoint")
+    print(f"  boundary={d.boundary_ratio} shift={d.sample_shift} steps={d.sample_steps} "
+          f"guidance=({d.guidance_scale}, {d.guidance_scale_2}) fps={d.fps} frames={d.num_frames} "
+          f"size={d.width}*{d.height} vae={d.vae_version}")
+    return 0
+
+
+COMMANDS = {"demo": cmd_demo, "generate": cmd_generate, "info": cmd_info}
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return COMMANDS[args.command](args)
+    except (CliError, ValueError, FileNotFoundError) as e:
+        sys.stderr.write(f"wan22: error: {e}\n")
+        return EXIT_USAGE
+
+
+if __name__ == "__main__":
+    sys.exit(main())

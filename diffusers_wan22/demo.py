@@ -1,0 +1,112 @@
+"""A small random-weight Wan 2.2 pipeline built offline, for the demo and the tests.
+
+Every component is the real class (trained-in-place Unigram tokenizer, `UMT5EncoderModel`, two
+`WanTransformer3DModel` experts in a `WanMoETransformer3DModel`, `AutoencoderKLWan`, UniPC), only tiny and random,
+so the whole pipeline runs end to end on a CPU in about a second. Random weights generate noise, not video content.
+"""
+
+from __future__ import annotations
+
+import torch
+from diffusers import AutoencoderKLWan, UniPCMultistepScheduler, WanTransformer3DModel
+from transformers import T5TokenizerFast, UMT5Config, UMT5EncoderModel
+
+from .configs import DEFAULT_NEGATIVE_PROMPT, get_variant
+from .models.transformer_wan_moe import WanMoETransformer3DModel
+
+_CORPUS = [
+    "Two cats boxing on a stage.",
+    "A dog running fast along the beach at sunset.",
+    "An astronaut riding a horse on the moon, cinematic lighting.",
+    "Waves crash against the rocks while seagulls fly overhead.",
+    "A bowl of ramen steaming on a wooden table, close-up shot.",
+    DEFAULT_NEGATIVE_PROMPT,
+]
+
+
+def build_tiny_tokenizer(vocab_size: int = 320) -> T5TokenizerFast:
+    """A T5-style Unigram tokenizer trained offline (ids: pad 0, eos 1, unk 2, like umt5)."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
+
+    tok = Tokenizer(models.Unigram())
+    tok.pre_tokenizer = pre_tokenizers.Metaspace(replacement="▁", prepend_scheme="always")
+    tok.decoder = decoders.Metaspace(replacement="▁", prepend_scheme="always")
+    trainer = trainers.UnigramTrainer(
+        vocab_size=vocab_size, special_tokens=["<pad>", "</s>", "<unk>"], unk_token="<unk>", show_progress=False
+    )
+    tok.train_from_iterator(_CORPUS, trainer=trainer)
+    tok.post_processor = processors.TemplateProcessing(
+        single="$A </s>", pair="$A </s> $B </s>", special_tokens=[("</s>", tok.token_to_id("</s>"))]
+    )
+    tokenizer = T5TokenizerFast(
+        tokenizer_object=tok, eos_token="</s>", unk_token="<unk>", pad_token="<pad>", extra_ids=0
+    )
+    tokenizer.model_max_length = 512
+    return tokenizer
+
+
+def build_tiny_text_encoder(vocab_size: int, d_model: int = 32) -> UMT5EncoderModel:
+    config = UMT5Config(
+        vocab_size=vocab_size, d_model=d_model, d_kv=8, d_ff=37, num_layers=2, num_heads=4,
+        relative_attention_num_buckets=8, feed_forward_proj="gated-gelu", dropout_rate=0.0,
+    )
+    return UMT5EncoderModel(config).eval()
+
+
+def tiny_transformer_kwargs(in_channels: int = 16, out_channels: int = 16, text_dim: int = 32) -> dict:
+    return dict(
+        patch_size=(1, 2, 2), num_attention_heads=2, attention_head_dim=12, in_channels=in_channels,
+        out_channels=out_channels, text_dim=text_dim, freq_dim=256, ffn_dim=32, num_layers=2, cross_attn_norm=True,
+        qk_norm="rms_norm_across_heads", rope_max_seq_len=32,
+    )
+
+
+def _randomize_(module: torch.nn.Module, generator: torch.Generator, scale: float = 0.2) -> None:
+    # Fresh Wan transformers output exactly zero (zero-initialised head); give every weight some signal.
+    with torch.no_grad():
+        for p in module.parameters():
+            p.copy_(torch.randn(p.shape, generator=generator) * scale)
+
+
+def build_tiny_vae(z_dim: int = 16) -> AutoencoderKLWan:
+    if z_dim == 16:  # Wan 2.1 VAE layout (A14B)
+        return AutoencoderKLWan(
+            base_dim=3, z_dim=16, dim_mult=[1, 1, 1, 1], num_res_blocks=1, temperal_downsample=[False, True, True]
+        ).eval()
+    return AutoencoderKLWan(  # Wan 2.2 VAE layout (TI2V-5B): 2x2 patchify, 16x spatial compression
+        base_dim=3, z_dim=48, in_channels=12, out_channels=12, is_residual=True, patch_size=2,
+        latents_mean=[0.0] * 48, latents_std=[1.0] * 48, dim_mult=[1, 1, 1, 1], num_res_blocks=1,
+        scale_factor_spatial=16, scale_factor_temporal=4, temperal_downsample=[False, True, True],
+    ).eval()
+
+
+def build_tiny_components(variant: str = "t2v-A14B", seed: int = 0, moe: bool = True) -> dict:
+    """Random tiny components for ``Wan22Pipeline(**components)`` (variant ``"t2v-A14B"`` or ``"ti2v-5B"``)."""
+    defaults = get_variant(variant)
+    generator = torch.Generator().manual_seed(seed)
+    tokenizer = build_tiny_tokenizer()
+    text_encoder = build_tiny_text_encoder(vocab_size=len(tokenizer))
+    _randomize_(text_encoder, generator, scale=0.5)
+    channels = 48 if defaults.vae_version == "2.2" else 16
+    kwargs = tiny_transformer_kwargs(in_channels=channels, out_channels=channels)
+    if moe and defaults.boundary_ratio is not None:
+        experts = [WanTransformer3DModel(**kwargs).eval() for _ in range(2)]
+        for expert in experts:
+            _randomize_(expert, generator)
+        transformer = WanMoETransformer3DModel.from_experts(*experts, boundary_ratio=defaults.boundary_ratio)
+    else:
+        transformer = WanTransformer3DModel(**kwargs).eval()
+        _randomize_(transformer, generator)
+    scheduler = UniPCMultistepScheduler(
+        prediction_type="flow_prediction", use_flow_sigmas=True, num_train_timesteps=1000,
+        flow_shift=defaults.sample_shift,
+    )
+    return dict(tokenizer=tokenizer, text_encoder=text_encoder, transformer=transformer,
+                vae=build_tiny_vae(channels), scheduler=scheduler)
+
+
+def build_demo_pipeline(variant: str = "t2v-A14B", seed: int = 0):
+    """The README's random-weight demo pipeline (a real `Wan22Pipeline`, tiny and random)."""
+    from .pipelines.pipeline_wan22 import Wan22Pipeline
+
+    return Wan22Pipeline(**build_tiny_components(variant, seed=seed))

@@ -1,0 +1,112 @@
+"""Recognising Wan 2.2 checkpoint folders and loading official ones into diffusers components."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import torch
+from diffusers import UniPCMultistepScheduler
+
+from .configs import get_variant
+
+T5_FILE = "models_t5_umt5-xxl-enc-bf16.pth"
+TOKENIZER_DIR = os.path.join("google", "umt5-xxl")
+VAE_FILES = {"2.1": "Wan2.1_VAE.pth", "2.2": "Wan2.2_VAE.pth"}
+EXPERT_DIRS = {"high": "high_noise_model", "low": "low_noise_model"}
+OFFICIAL_DIT_CHANNELS = {16: "t2v", 36: "i2v", 48: "ti2v"}
+
+
+def _read_json(path: Path) -> dict:
+    try:
+        with open(path, encoding="utf-8") as f:
+            return json.load(f)
+    except FileNotFoundError:
+        raise FileNotFoundError(f"Missing {path}.") from None
+    except json.JSONDecodeError as e:
+        raise ValueError(f"{path} is not valid JSON: {e}") from None
+
+
+def detect_official_variant(ckpt_dir: str | os.PathLike) -> str:
+    """The official task name (``t2v-A14B``, ``i2v-A14B``, ``ti2v-5B``, ``s2v-14B``) of an official folder.
+
+    Decided from what is on disk: expert sub-folders and their ``in_dim`` (16 text, 36 image), a root DiT with
+    ``model_type`` (``ti2v``/``s2v``). Raises a ValueError saying what was found when nothing matches.
+    """
+    root = Path(ckpt_dir)
+    if not root.is_dir():
+        raise FileNotFoundError(f"Checkpoint folder {str(root)!r} does not exist.")
+    high = root / EXPERT_DIRS["high"] / "config.json"
+    if high.exists():
+        in_dim = _read_json(high).get("in_dim")
+        kind = OFFICIAL_DIT_CHANNELS.get(in_dim)
+        if kind in ("t2v", "i2v"):
+            return f"{kind}-A14B"
+        raise ValueError(f"{high}: in_dim={in_dim} is neither 16 (t2v-A14B) nor 36 (i2v-A14B).")
+    root_cfg = root / "config.json"
+    if root_cfg.exists():
+        cfg = _read_json(root_cfg)
+        if cfg.get("model_type") == "s2v" or (root / "wav2vec2-large-xlsr-53-english").is_dir():
+            return "s2v-14B"
+        if cfg.get("model_type") == "ti2v" or cfg.get("in_dim") == 48:
+            return "ti2v-5B"
+        raise ValueError(f"{root_cfg}: model_type={cfg.get('model_type')!r}, in_dim={cfg.get('in_dim')} is not a "
+                         "Wan 2.2 variant this package knows.")
+    found = sorted(p.name for p in root.iterdir())[:12]
+    raise ValueError(
+        f"{str(root)!r} is not an official Wan 2.2 folder: expected 'high_noise_model/' + 'low_noise_model/' "
+        f"(A14B) or a root 'config.json' (TI2V-5B / S2V-14B); found {found}."
+    )
+
+
+def official_scheduler(variant: str) -> UniPCMultistepScheduler:
+    """The official default sampler (UniPC, flow matching) with the variant's shift."""
+    return UniPCMultistepScheduler(
+        prediction_type="flow_prediction", use_flow_sigmas=True, num_train_timesteps=1000,
+        flow_shift=float(get_variant(variant).sample_shift),
+    )
+
+
+def _require(path: Path, what: str) -> Path:
+    if not path.exists():
+        raise FileNotFoundError(f"Missing {what}: {path}.")
+    return path
+
+
+def load_official_text_stack(ckpt_dir: str | os.PathLike, torch_dtype: torch.dtype | None = None) -> dict:
+    """Tokenizer and UMT5 text encoder from an official folder."""
+    from .conversion.official import load_official_t5, load_official_tokenizer
+
+    root = Path(ckpt_dir)
+    return dict(
+        tokenizer=load_official_tokenizer(_require(root / TOKENIZER_DIR, "tokenizer folder")),
+        text_encoder=load_official_t5(_require(root / T5_FILE, "T5 encoder"), torch_dtype=torch_dtype),
+    )
+
+
+def load_official_components(
+    ckpt_dir: str | os.PathLike, torch_dtype: torch.dtype | None = None, variant: str | None = None
+) -> dict:
+    """Every component of a `Wan22Pipeline` (or its image-to-video sibling) from an official folder."""
+    from .conversion.official import load_official_transformer, load_official_vae
+    from .models.transformer_wan_moe import WanMoETransformer3DModel
+
+    root = Path(ckpt_dir)
+    variant = variant or detect_official_variant(root)
+    defaults = get_variant(variant)
+    vae_path = _require(root / VAE_FILES[defaults.vae_version], f"VAE {defaults.vae_version}")
+    if defaults.boundary_ratio is not None:
+        high, low = (
+            load_official_transformer(_require(root / EXPERT_DIRS[k], f"{k}-noise expert"), torch_dtype=torch_dtype)
+            for k in ("high", "low")
+        )
+        transformer = WanMoETransformer3DModel.from_experts(high, low, boundary_ratio=defaults.boundary_ratio)
+    else:
+        transformer = load_official_transformer(root, torch_dtype=torch_dtype)
+    return dict(
+        **load_official_text_stack(root, torch_dtype),
+        transformer=transformer,
+        vae=load_official_vae(vae_path, torch_dtype=torch_dtype),
+        scheduler=official_scheduler(variant),
+    )

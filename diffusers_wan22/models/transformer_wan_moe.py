@@ -1,0 +1,161 @@
+"""`WanMoETransformer3DModel`: the Wan 2.2 A14B mixture of two denoising experts as one diffusers model.
+
+Each expert is a stock diffusers `WanTransformer3DModel`; this container only routes a step to one of them by
+its timestep (the official rule: the high-noise expert while ``t >= boundary_ratio * num_train_timesteps``,
+the low-noise expert after). Keeping both in one `ModelMixin` makes the pair one pipeline component that saves,
+loads (sharded safetensors), offloads and takes LoRA like any diffusers model.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from accelerate import init_empty_weights
+from diffusers import ModelMixin, WanTransformer3DModel  # noqa: F401  (ModelMixin must be a module-level name)
+from diffusers.configuration_utils import ConfigMixin, register_to_config
+from diffusers.loaders import PeftAdapterMixin
+from diffusers.models.attention import AttentionMixin
+from diffusers.models.cache_utils import CacheMixin
+
+from ..scheduling import HIGH, LOW, boundary_timestep
+
+EXPERT_ATTRS = {HIGH: "high_noise_expert", LOW: "low_noise_expert"}
+
+
+class WanMoETransformer3DModel(ModelMixin, ConfigMixin, PeftAdapterMixin, CacheMixin, AttentionMixin):
+    r"""Two `WanTransformer3DModel` experts routed by timestep (Wan 2.2 T2V-A14B / I2V-A14B).
+
+    The constructor arguments are the experts' shared `WanTransformer3DModel` configuration plus the routing
+    parameters, so `from_pretrained` can build both experts before loading their weights.
+
+    Args:
+        boundary_ratio (`float`): switch point as a fraction of `num_train_timesteps` (T2V 0.875, I2V 0.900).
+        num_train_timesteps (`int`): the training timestep count the boundary is scaled by (1000).
+        Other arguments: see `diffusers.WanTransformer3DModel`.
+    """
+
+    _supports_gradient_checkpointing = True
+    _skip_layerwise_casting_patterns = WanTransformer3DModel._skip_layerwise_casting_patterns
+    _no_split_modules = WanTransformer3DModel._no_split_modules
+    _keep_in_fp32_modules = WanTransformer3DModel._keep_in_fp32_modules
+    _keys_to_ignore_on_load_unexpected = WanTransformer3DModel._keys_to_ignore_on_load_unexpected
+    _repeated_blocks = WanTransformer3DModel._repeated_blocks
+    # Group offloading treats each expert as its own set of blocks, so at most one expert is onloaded.
+    _group_offload_block_modules = list(EXPERT_ATTRS.values())
+
+    @register_to_config
+    def __init__(
+        self,
+        patch_size: tuple[int, ...] = (1, 2, 2),
+        num_attention_heads: int = 40,
+        attention_head_dim: int = 128,
+        in_channels: int = 16,
+        out_channels: int = 16,
+        text_dim: int = 4096,
+        freq_dim: int = 256,
+        ffn_dim: int = 13824,
+        num_layers: int = 40,
+        cross_attn_norm: bool = True,
+        qk_norm: str | None = "rms_norm_across_heads",
+        eps: float = 1e-6,
+        image_dim: int | None = None,
+        added_kv_proj_dim: int | None = None,
+        rope_max_seq_len: int = 1024,
+        pos_embed_seq_len: int | None = None,
+        boundary_ratio: float = 0.875,
+        num_train_timesteps: int = 1000,
+    ) -> None:
+        super().__init__()
+        if not 0.0 <= boundary_ratio <= 1.0:
+            raise ValueError(f"`boundary_ratio` must be in [0, 1], got {boundary_ratio}.")
+        expert_kwargs = dict(
+            patch_size=patch_size, num_attention_heads=num_attention_heads, attention_head_dim=attention_head_dim,
+            in_channels=in_channels, out_channels=out_channels, text_dim=text_dim, freq_dim=freq_dim,
+            ffn_dim=ffn_dim, num_layers=num_layers, cross_attn_norm=cross_attn_norm, qk_norm=qk_norm, eps=eps,
+            image_dim=image_dim, added_kv_proj_dim=added_kv_proj_dim, rope_max_seq_len=rope_max_seq_len,
+            pos_embed_seq_len=pos_embed_seq_len,
+        )
+        self.high_noise_expert = WanTransformer3DModel(**expert_kwargs)
+        self.low_noise_expert = WanTransformer3DModel(**expert_kwargs)
+
+    # ------------------------------------------------------------------ construction
+    @classmethod
+    def from_experts(
+        cls,
+        high_noise_expert: WanTransformer3DModel,
+        low_noise_expert: WanTransformer3DModel,
+        boundary_ratio: float = 0.875,
+        num_train_timesteps: int = 1000,
+    ) -> "WanMoETransformer3DModel":
+        """Wrap two existing experts (no weights are copied or allocated)."""
+        high_cfg, low_cfg = _public_config(high_noise_expert), _public_config(low_noise_expert)
+        if high_cfg != low_cfg:
+            diff = {k: (high_cfg.get(k), low_cfg.get(k)) for k in high_cfg.keys() | low_cfg.keys()
+                    if high_cfg.get(k) != low_cfg.get(k)}
+            raise ValueError(f"The two experts must share one configuration; they differ in (high, low): {diff}.")
+        with init_empty_weights():  # the placeholder experts built here are replaced right away
+            model = cls(**high_cfg, boundary_ratio=boundary_ratio, num_train_timesteps=num_train_timesteps)
+        model.high_noise_expert = high_noise_expert
+        model.low_noise_expert = low_noise_expert
+        return model
+
+    # ------------------------------------------------------------------ routing
+    @property
+    def boundary_timestep(self) -> float:
+        """Timestep at and above which the high-noise expert runs."""
+        return boundary_timestep(self.config.boundary_ratio, self.config.num_train_timesteps)
+
+    def expert_for_timestep(self, timestep: float | int) -> str:
+        """``"high"`` or ``"low"``: the expert the official rule picks for ``timestep``."""
+        return HIGH if float(timestep) >= self.boundary_timestep else LOW
+
+    def get_expert(self, name: str) -> WanTransformer3DModel:
+        """The expert module called ``name`` (``"high"`` or ``"low"``)."""
+        if name not in EXPERT_ATTRS:
+            raise ValueError(f"Unknown expert {name!r}; expected 'high' or 'low'.")
+        return getattr(self, EXPERT_ATTRS[name])
+
+    def _expert_for_batch(self, timestep: torch.Tensor) -> str:
+        # Only used when the caller did not decide the expert up front; this reads the timesteps on the host.
+        is_high = (timestep.detach().float() >= self.boundary_timestep).flatten().cpu()
+        if bool(is_high.all()):
+            return HIGH
+        if not bool(is_high.any()):
+            return LOW
+        raise ValueError(
+            f"The batch's timesteps {timestep.flatten().tolist()} fall on both sides of the expert boundary "
+            f"{self.boundary_timestep:g}; run the high-noise (t >= boundary) and low-noise samples in separate calls."
+        )
+
+    def forward(
+        self,
+        hidden_states: torch.Tensor,
+        timestep: torch.Tensor,
+        encoder_hidden_states: torch.Tensor,
+        encoder_hidden_states_image: torch.Tensor | None = None,
+        return_dict: bool = True,
+        attention_kwargs: dict[str, Any] | None = None,
+        expert: str | None = None,
+    ):
+        """Run the expert that owns ``timestep`` (same arguments and output as `WanTransformer3DModel.forward`).
+
+        Pass ``expert="high"``/``"low"`` when it is already known (pipelines plan it before the loop), which skips
+        reading ``timestep`` on the host. For per-token timesteps, the largest one decides.
+        """
+        if expert is None:
+            t = timestep.amax(dim=-1) if timestep.ndim > 1 else timestep
+            expert = self._expert_for_batch(t)
+        return self.get_expert(expert)(
+            hidden_states=hidden_states,
+            timestep=timestep,
+            encoder_hidden_states=encoder_hidden_states,
+            encoder_hidden_states_image=encoder_hidden_states_image,
+            return_dict=return_dict,
+            attention_kwargs=attention_kwargs,
+        )
+
+
+def _public_config(model: ModelMixin) -> dict[str, Any]:
+    """A model's constructor config without diffusers' private bookkeeping keys."""
+    return {k: v for k, v in dict(model.config).items() if not k.startswith("_")}
