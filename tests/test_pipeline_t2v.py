@@ -134,3 +134,26 @@ def test_bad_arguments_fail_before_any_forward(tiny_pipe, forward_counter, kwarg
     with pytest.raises(ValueError, match=message):
         tiny_pipe(**dict(CALL, **kwargs))
     assert forward_counter.calls == []
+
+
+@pytest.mark.parametrize("solver", ["unipc", "dpm++", "euler"])
+@pytest.mark.parametrize("split", [(2, 2), (3, 5), (0, 4), (4, 0)])
+def test_expert_steps_give_the_requested_split(tiny_pipe, solver, split):
+    from diffusers import FlowMatchEulerDiscreteScheduler
+
+    if solver == "dpm++":
+        tiny_pipe.scheduler = DPMSolverMultistepScheduler.from_config(tiny_pipe.scheduler.config)
+    elif solver == "euler":
+        tiny_pipe.scheduler = FlowMatchEulerDiscreteScheduler(shift=12.0)
+    out = tiny_pipe(**dict(_seeded(output_type="latent"), num_inference_steps=None, expert_steps=split,
+                           guidance_scale=1.0, guidance_scale_2=1.0))
+    assert out.experts == ["high"] * split[0] + ["low"] * split[1]
+    if split[0] and split[1]:
+        # The low-noise stage starts on the boundary (875), not wherever a uniform grid happens to cross it.
+        assert 874 <= out.timesteps[split[0]] < 875
+    assert torch.isfinite(out.frames).all()
+
+
+def test_expert_steps_must_match_num_inference_steps(tiny_pipe):
+    with pytest.raises(ValueError, match=r"`expert_steps` must be \(n_high, n_low\).*=8; got \(2, 2\)"):
+        tiny_pipe(**dict(CALL, expert_steps=(2, 2)))

@@ -15,7 +15,14 @@ from transformers import AutoTokenizer, UMT5EncoderModel
 
 from ..configs import VARIANTS, VariantDefaults
 from ..models.transformer_wan_moe import WanMoETransformer3DModel
-from ..scheduling import HIGH, boundary_timestep, plan_experts, set_official_timesteps
+from ..scheduling import (
+    HIGH,
+    boundary_timestep,
+    expert_split_unshifted_sigmas,
+    plan_experts,
+    set_official_timesteps,
+    solver_family,
+)
 from .pipeline_output import Wan22PipelineOutput
 
 EXAMPLE_DOC_STRING = """
@@ -125,6 +132,7 @@ class Wan22Pipeline(WanPipeline):
         negative_prompt_embeds=None,
         latents=None,
         callback_on_step_end_tensor_inputs=None,
+        expert_steps: tuple[int, int] | None = None,
     ) -> None:
         """Validate every argument before any model runs; each error names the value and what is allowed."""
         if prompt is None and prompt_embeds is None:
@@ -165,6 +173,15 @@ class Wan22Pipeline(WanPipeline):
             raise ValueError(f"`boundary_ratio` must be in [0, 1]; got {boundary_ratio}.")
         if boundary_ratio is not None and not self.is_moe:
             raise ValueError("`boundary_ratio` only applies to a mixture-of-experts transformer; this one is dense.")
+        if expert_steps is not None:
+            if not self.is_moe:
+                raise ValueError("`expert_steps` only applies to a mixture-of-experts transformer; this one is dense.")
+            if (len(expert_steps) != 2 or any(not isinstance(n, int) or n < 0 for n in expert_steps)
+                    or sum(expert_steps) != num_inference_steps):
+                raise ValueError(
+                    f"`expert_steps` must be (n_high, n_low), two non-negative integers summing to "
+                    f"`num_inference_steps`={num_inference_steps}; got {tuple(expert_steps)}."
+                )
         if prompt_embeds is not None and negative_prompt_embeds is not None:
             if prompt_embeds.shape != negative_prompt_embeds.shape:
                 raise ValueError(
@@ -228,15 +245,30 @@ class Wan22Pipeline(WanPipeline):
         return prompt_embeds, negative_prompt_embeds
 
     def plan_steps(
-        self, num_inference_steps: int, boundary_ratio: float | None, guidance_scales: tuple[float, float], device
+        self,
+        num_inference_steps: int,
+        boundary_ratio: float | None,
+        guidance_scales: tuple[float, float],
+        device,
+        expert_steps: tuple[int, int] | None = None,
     ) -> tuple[torch.Tensor, list[str], list[float]]:
-        """Set the official timestep grid and decide, before the loop, the expert and guidance of every step."""
-        timesteps = set_official_timesteps(self.scheduler, num_inference_steps, device=device)
+        """Set the official timestep grid and decide, before the loop, the expert and guidance of every step.
+
+        With ``expert_steps=(n_high, n_low)`` the grid is split at the boundary instead (see
+        `expert_split_unshifted_sigmas`), so exactly that many steps run on each expert.
+        """
+        boundary_t = None
         if self.is_moe:
             ratio = self.transformer.config.boundary_ratio if boundary_ratio is None else boundary_ratio
             boundary_t = boundary_timestep(ratio, self.transformer.config.num_train_timesteps)
-        else:
-            boundary_t = None
+        sigmas = None
+        if expert_steps is not None:
+            shift = self.scheduler.config.get("flow_shift", None) or self.scheduler.config.get("shift", 1.0)
+            sigmas = expert_split_unshifted_sigmas(
+                *expert_steps, boundary_t, shift, solver_family(self.scheduler),
+                self.transformer.config.num_train_timesteps,
+            )
+        timesteps = set_official_timesteps(self.scheduler, num_inference_steps, device=device, unshifted_sigmas=sigmas)
         experts = plan_experts(timesteps, boundary_t)
         scales = [guidance_scales[0] if e == HIGH else guidance_scales[1] for e in experts]
         return timesteps, experts, scales
@@ -366,6 +398,7 @@ class Wan22Pipeline(WanPipeline):
         callback_on_step_end_tensor_inputs: list[str] = ["latents"],
         max_sequence_length: int = 512,
         boundary_ratio: float | None = None,
+        expert_steps: tuple[int, int] | None = None,
     ) -> Wan22PipelineOutput | tuple:
         r"""Generate a video from a text prompt.
 
@@ -379,6 +412,9 @@ class Wan22Pipeline(WanPipeline):
                 when only that is given, as in diffusers. A step runs classifier-free guidance when its scale > 1.
             latents (`torch.Tensor`, *optional*): initial noise `[B, C, F_lat, H/8, W/8]` (e.g. an official run's).
             boundary_ratio (`float`, *optional*): override the transformer's expert switch point (0..1).
+            expert_steps (`tuple[int, int]`, *optional*): ``(n_high, n_low)`` steps on each expert (e.g. ``(2, 2)``
+                for 4-step distilled LoRAs); the sigma grid is split so the switch lands on the boundary.
+                `num_inference_steps` defaults to their sum.
             callback_on_step_end: called as `fn(pipe, step, timestep, callback_kwargs)`; `callback_kwargs` holds
                 the requested tensors and `"expert"` (the expert that ran this step).
 
@@ -391,13 +427,14 @@ class Wan22Pipeline(WanPipeline):
         height = d.height if height is None else height
         width = d.width if width is None else width
         num_frames = d.num_frames if num_frames is None else num_frames
-        num_inference_steps = d.sample_steps if num_inference_steps is None else num_inference_steps
+        if num_inference_steps is None:
+            num_inference_steps = sum(expert_steps) if expert_steps is not None else d.sample_steps
         scales = self.resolve_guidance(guidance_scale, guidance_scale_2)
 
         # 1. Check inputs (before any heavy work)
         self.check_call_inputs(
             prompt, negative_prompt, height, width, num_frames, num_inference_steps, scales, boundary_ratio,
-            prompt_embeds, negative_prompt_embeds, latents, callback_on_step_end_tensor_inputs,
+            prompt_embeds, negative_prompt_embeds, latents, callback_on_step_end_tensor_inputs, expert_steps,
         )
         self._guidance_scale, self._guidance_scale_2 = scales
         self._do_cfg = max(scales) > 1.0
@@ -414,7 +451,9 @@ class Wan22Pipeline(WanPipeline):
         )
 
         # 3. Timesteps, and the expert + guidance of every step
-        timesteps, experts, step_scales = self.plan_steps(num_inference_steps, boundary_ratio, scales, device)
+        timesteps, experts, step_scales = self.plan_steps(
+            num_inference_steps, boundary_ratio, scales, device, expert_steps
+        )
 
         # 4. Initial noise
         channels = self.transformer_config.out_channels
