@@ -156,6 +156,104 @@ class WanMoETransformer3DModel(ModelMixin, ConfigMixin, PeftAdapterMixin, CacheM
         )
 
 
+    # ------------------------------------------------------------------ per-expert adapters, caches, backends
+    def experts_named(self, expert: str = "both") -> list[WanTransformer3DModel]:
+        """The experts selected by ``expert`` (``"high"``, ``"low"`` or ``"both"``)."""
+        if expert == "both":
+            return [self.high_noise_expert, self.low_noise_expert]
+        return [self.get_expert(expert)]
+
+    @property
+    def peft_config(self) -> dict:
+        """Adapters of both experts by name (what diffusers' pipeline LoRA helpers look up)."""
+        merged = {}
+        for e in self.experts_named():
+            merged.update(getattr(e, "peft_config", {}) or {})
+        return merged
+
+    def _experts_with_adapters(self, expert: str = "both") -> list[WanTransformer3DModel]:
+        experts = [e for e in self.experts_named(expert) if getattr(e, "_hf_peft_config_loaded", False)]
+        if not experts:
+            raise ValueError(f"No LoRA adapter is loaded in the {expert!r} expert(s).")
+        return experts
+
+    def load_lora_adapter(self, pretrained_model_name_or_path_or_dict, expert: str = "both", **kwargs) -> None:
+        """`PeftAdapterMixin.load_lora_adapter` into one expert or both (keys are relative to an expert)."""
+        state_dict = pretrained_model_name_or_path_or_dict
+        for e in self.experts_named(expert):
+            e.load_lora_adapter(dict(state_dict) if isinstance(state_dict, dict) else state_dict, **kwargs)
+
+    def set_adapters(self, adapter_names, weights=None, expert: str = "both") -> None:
+        """Activate adapters with strengths on the selected expert(s); each expert only sees its own adapters."""
+        names = [adapter_names] if isinstance(adapter_names, str) else list(adapter_names)
+        weights = weights if isinstance(weights, list) else [weights] * len(names)
+        missing = set(names) - set().union(*(e.peft_config for e in self._experts_with_adapters(expert)))
+        if missing:
+            raise ValueError(f"Adapter(s) {sorted(missing)} are not loaded in the {expert!r} expert(s).")
+        for e in self._experts_with_adapters(expert):
+            own = [(n, w) for n, w in zip(names, weights) if n in e.peft_config]
+            if own:
+                e.set_adapters([n for n, _ in own], [1.0 if w is None else w for _, w in own])
+
+    def fuse_lora(self, lora_scale: float = 1.0, safe_fusing: bool = False, adapter_names=None, expert: str = "both"):
+        for e in self._experts_with_adapters(expert):
+            own = None if adapter_names is None else [n for n in adapter_names if n in e.peft_config]
+            e.fuse_lora(lora_scale, safe_fusing=safe_fusing, adapter_names=own)
+
+    def unfuse_lora(self, expert: str = "both") -> None:
+        for e in self._experts_with_adapters(expert):
+            e.unfuse_lora()
+
+    def unload_lora(self, expert: str = "both") -> None:
+        for e in self._experts_with_adapters(expert):
+            e.unload_lora()
+
+    def disable_lora(self, expert: str = "both") -> None:
+        for e in self._experts_with_adapters(expert):
+            e.disable_lora()
+
+    def enable_lora(self, expert: str = "both") -> None:
+        for e in self._experts_with_adapters(expert):
+            e.enable_lora()
+
+    def delete_adapters(self, adapter_names, expert: str = "both") -> None:
+        names = [adapter_names] if isinstance(adapter_names, str) else list(adapter_names)
+        for e in self._experts_with_adapters(expert):
+            own = [n for n in names if n in e.peft_config]
+            if own:
+                e.delete_adapters(own)
+
+    def active_adapters(self) -> list[str]:
+        return sorted({n for e in self.experts_named() if getattr(e, "_hf_peft_config_loaded", False)
+                       for n in e.active_adapters()})
+
+    def enable_cache(self, config=None, expert: str = "both", *, high=None, low=None) -> None:
+        """diffusers caches per expert: ``enable_cache(cfg)`` for both, or ``enable_cache(high=cfg_h, low=cfg_l)``.
+
+        A cache hook's block patterns are relative to the module it wraps, so each expert gets its own hooks and
+        state; the pipeline also resets the outgoing expert's state at the switch.
+        """
+        per_expert = {HIGH: high, LOW: low} if config is None else {
+            e: config for e in ((HIGH, LOW) if expert == "both" else (expert,))}
+        for name, cfg in per_expert.items():
+            if cfg is not None:
+                self.get_expert(name).enable_cache(cfg)
+
+    def disable_cache(self) -> None:
+        for e in self.experts_named():
+            if e.is_cache_enabled:
+                e.disable_cache()
+
+    @property
+    def is_cache_enabled(self) -> bool:
+        return any(e.is_cache_enabled for e in self.experts_named())
+
+    def set_attention_backend(self, backend: str, expert: str = "both") -> None:
+        """diffusers attention backend (``"native"``, ``"flash"``, ``"sage"``, ...) for one expert or both."""
+        for e in self.experts_named(expert):
+            e.set_attention_backend(backend)
+
+
 def _public_config(model: ModelMixin) -> dict[str, Any]:
     """A model's constructor config without diffusers' private bookkeeping keys."""
     return {k: v for k, v in dict(model.config).items() if not k.startswith("_")}

@@ -14,6 +14,7 @@ from diffusers.video_processor import VideoProcessor
 from transformers import AutoTokenizer, UMT5EncoderModel
 
 from ..configs import VARIANTS, VariantDefaults
+from ..lora import Wan22LoraLoaderMixin
 from ..models.transformer_wan_moe import WanMoETransformer3DModel
 from ..scheduling import (
     HIGH,
@@ -41,7 +42,7 @@ EXAMPLE_DOC_STRING = """
 """
 
 
-class Wan22Pipeline(WanPipeline):
+class Wan22Pipeline(Wan22LoraLoaderMixin, WanPipeline):
     r"""Wan 2.2 text-to-video with the A14B mixture of experts (or a dense Wan 2.2 transformer).
 
     It accepts the same `__call__` arguments as diffusers' `WanPipeline` (`guidance_scale` drives the high-noise
