@@ -83,13 +83,20 @@ class WanMoETransformer3DModel(ModelMixin, ConfigMixin, PeftAdapterMixin, CacheM
     @classmethod
     def from_experts(
         cls,
-        high_noise_expert: WanTransformer3DModel,
-        low_noise_expert: WanTransformer3DModel,
+        high_noise_expert: WanTransformer3DModel | None,
+        low_noise_expert: WanTransformer3DModel | None,
         boundary_ratio: float = 0.875,
         num_train_timesteps: int = 1000,
     ) -> "WanMoETransformer3DModel":
-        """Wrap two existing experts (no weights are copied or allocated)."""
-        high_cfg, low_cfg = _public_config(high_noise_expert), _public_config(low_noise_expert)
+        """Wrap two existing experts (no weights are copied or allocated).
+
+        One expert may be ``None`` (partial loading): the pipeline then runs any schedule that stays on the
+        present expert and refuses, before the first step, a schedule that would need the missing one.
+        """
+        if high_noise_expert is None and low_noise_expert is None:
+            raise ValueError("At least one expert is needed.")
+        high_cfg = _public_config(high_noise_expert or low_noise_expert)
+        low_cfg = _public_config(low_noise_expert or high_noise_expert)
         if high_cfg != low_cfg:
             diff = {k: (high_cfg.get(k), low_cfg.get(k)) for k in high_cfg.keys() | low_cfg.keys()
                     if high_cfg.get(k) != low_cfg.get(k)}
@@ -110,11 +117,16 @@ class WanMoETransformer3DModel(ModelMixin, ConfigMixin, PeftAdapterMixin, CacheM
         """``"high"`` or ``"low"``: the expert the official rule picks for ``timestep``."""
         return HIGH if float(timestep) >= self.boundary_timestep else LOW
 
-    def get_expert(self, name: str) -> WanTransformer3DModel:
-        """The expert module called ``name`` (``"high"`` or ``"low"``)."""
+    def get_expert(self, name: str) -> WanTransformer3DModel | None:
+        """The expert module called ``name`` (``"high"`` or ``"low"``); ``None`` if it was not loaded."""
         if name not in EXPERT_ATTRS:
             raise ValueError(f"Unknown expert {name!r}; expected 'high' or 'low'.")
         return getattr(self, EXPERT_ATTRS[name])
+
+    @property
+    def loaded_experts(self) -> list[str]:
+        """Names of the experts present (both, unless built with `from_experts(..., None)`)."""
+        return [name for name in EXPERT_ATTRS if self.get_expert(name) is not None]
 
     def _expert_for_batch(self, timestep: torch.Tensor) -> str:
         # Only used when the caller did not decide the expert up front; this reads the timesteps on the host.
@@ -146,7 +158,11 @@ class WanMoETransformer3DModel(ModelMixin, ConfigMixin, PeftAdapterMixin, CacheM
         if expert is None:
             t = timestep.amax(dim=-1) if timestep.ndim > 1 else timestep
             expert = self._expert_for_batch(t)
-        return self.get_expert(expert)(
+        model = self.get_expert(expert)
+        if model is None:
+            raise ValueError(f"The {expert}-noise expert is needed for timestep {timestep.flatten().tolist()} but "
+                             "was not loaded.")
+        return model(
             hidden_states=hidden_states,
             timestep=timestep,
             encoder_hidden_states=encoder_hidden_states,
@@ -159,9 +175,8 @@ class WanMoETransformer3DModel(ModelMixin, ConfigMixin, PeftAdapterMixin, CacheM
     # ------------------------------------------------------------------ per-expert adapters, caches, backends
     def experts_named(self, expert: str = "both") -> list[WanTransformer3DModel]:
         """The experts selected by ``expert`` (``"high"``, ``"low"`` or ``"both"``)."""
-        if expert == "both":
-            return [self.high_noise_expert, self.low_noise_expert]
-        return [self.get_expert(expert)]
+        names = list(EXPERT_ATTRS) if expert == "both" else [expert]
+        return [e for e in (self.get_expert(n) for n in names) if e is not None]
 
     @property
     def peft_config(self) -> dict:

@@ -271,6 +271,15 @@ class Wan22Pipeline(Wan22LoraLoaderMixin, WanPipeline):
             )
         timesteps = set_official_timesteps(self.scheduler, num_inference_steps, device=device, unshifted_sigmas=sigmas)
         experts = plan_experts(timesteps, boundary_t)
+        if self.is_moe:
+            missing = sorted(set(experts) - set(self.transformer.loaded_experts))
+            if missing:
+                steps = [i for i, e in enumerate(experts) if e in missing]
+                raise ValueError(
+                    f"This schedule needs the {missing[0]}-noise expert at steps {steps} (boundary t={boundary_t:g}) "
+                    f"but only {self.transformer.loaded_experts} is loaded; load it, or keep the schedule on the "
+                    "loaded expert with `boundary_ratio` or `expert_steps`."
+                )
         scales = [guidance_scales[0] if e == HIGH else guidance_scales[1] for e in experts]
         return timesteps, experts, scales
 
@@ -285,6 +294,36 @@ class Wan22Pipeline(Wan22LoraLoaderMixin, WanPipeline):
                 kwargs["expert"] = expert
             return self.transformer(**kwargs)[0]
 
+    def predict_noise(self, expert: str, model_input, timestep, guidance_scale: float, prompt_embeds,
+                      negative_prompt_embeds, attention_kwargs, cache_kwargs) -> torch.Tensor:
+        """One step's (guided) flow prediction: ``uncond + g * (cond - uncond)`` when ``g > 1``, else ``cond``.
+
+        With batched CFG the two branches run as one batch of 2 (fewer, larger kernel launches; the diffusers
+        FasterCache hook also expects this layout), otherwise as two calls like the official code.
+        """
+        if negative_prompt_embeds is None or guidance_scale <= 1.0:
+            return self._run_model(expert, model_input, timestep, prompt_embeds, attention_kwargs, "cond",
+                                   cache_kwargs)
+        if self._batched_cfg:
+            both = self._run_model(
+                expert, torch.cat([model_input, model_input]), torch.cat([timestep, timestep]),
+                torch.cat([prompt_embeds, negative_prompt_embeds]), attention_kwargs, "cond_uncond", cache_kwargs,
+            )
+            cond, uncond = both.chunk(2)
+        else:
+            cond = self._run_model(expert, model_input, timestep, prompt_embeds, attention_kwargs, "cond",
+                                   cache_kwargs)
+            uncond = self._run_model(expert, model_input, timestep, negative_prompt_embeds, attention_kwargs,
+                                     "uncond", cache_kwargs)
+        return uncond + guidance_scale * (cond - uncond)
+
+    def _on_expert_switch(self, step: int, timestep, previous: str, expert: str, callback) -> None:
+        # No cached residual may cross experts: drop the outgoing expert's cache state.
+        if self.is_moe and self.transformer.get_expert(previous).is_cache_enabled:
+            self.transformer.get_expert(previous)._reset_stateful_cache()
+        if callback is not None:
+            callback(self, step, timestep, previous, expert)
+
     def denoise(
         self,
         latents: torch.Tensor,
@@ -298,6 +337,7 @@ class Wan22Pipeline(Wan22LoraLoaderMixin, WanPipeline):
         attention_kwargs: dict[str, Any] | None = None,
         callback_on_step_end: Callable | None = None,
         callback_on_step_end_tensor_inputs: list[str] | None = None,
+        callback_on_expert_switch: Callable | None = None,
     ) -> torch.Tensor:
         """The Wan 2.2 denoising loop, shared by every Wan 2.2 pipeline.
 
@@ -320,6 +360,8 @@ class Wan22Pipeline(Wan22LoraLoaderMixin, WanPipeline):
                 if self.interrupt:
                     continue
                 self._current_timestep = t
+                if i and experts[i] != experts[i - 1]:
+                    self._on_expert_switch(i, t, experts[i - 1], experts[i], callback_on_expert_switch)
                 self._current_expert = experts[i]
                 model_input = latents.to(dtype)
                 if condition is not None:
@@ -328,12 +370,8 @@ class Wan22Pipeline(Wan22LoraLoaderMixin, WanPipeline):
                 timestep = t.expand(batch) if token_mask is None else (token_mask * t).unsqueeze(0).expand(batch, -1)
                 cache_kwargs = {"step_index": i, "sigma": sigmas[i], "num_inference_steps": len(timesteps)}
 
-                noise_pred = self._run_model(experts[i], model_input, timestep, prompt_embeds, attention_kwargs,
-                                             "cond", cache_kwargs)
-                if negative_prompt_embeds is not None and guidance_scales[i] > 1.0:
-                    noise_uncond = self._run_model(experts[i], model_input, timestep, negative_prompt_embeds,
-                                                   attention_kwargs, "uncond", cache_kwargs)
-                    noise_pred = noise_uncond + guidance_scales[i] * (noise_pred - noise_uncond)
+                noise_pred = self.predict_noise(experts[i], model_input, timestep, guidance_scales[i], prompt_embeds,
+                                                negative_prompt_embeds, attention_kwargs, cache_kwargs)
 
                 latents = self.scheduler.step(noise_pred.float(), t, latents, return_dict=False)[0]
                 if first_frame_latents is not None:
@@ -400,6 +438,8 @@ class Wan22Pipeline(Wan22LoraLoaderMixin, WanPipeline):
         max_sequence_length: int = 512,
         boundary_ratio: float | None = None,
         expert_steps: tuple[int, int] | None = None,
+        batched_cfg: bool = False,
+        callback_on_expert_switch: Callable | None = None,
     ) -> Wan22PipelineOutput | tuple:
         r"""Generate a video from a text prompt.
 
@@ -416,6 +456,8 @@ class Wan22Pipeline(Wan22LoraLoaderMixin, WanPipeline):
             expert_steps (`tuple[int, int]`, *optional*): ``(n_high, n_low)`` steps on each expert (e.g. ``(2, 2)``
                 for 4-step distilled LoRAs); the sigma grid is split so the switch lands on the boundary.
                 `num_inference_steps` defaults to their sum.
+            batched_cfg (`bool`): run the conditional and unconditional branches as one batch of 2.
+            callback_on_expert_switch: called once at the switch as `fn(pipe, step, timestep, old, new)`.
             callback_on_step_end: called as `fn(pipe, step, timestep, callback_kwargs)`; `callback_kwargs` holds
                 the requested tensors and `"expert"` (the expert that ran this step).
 
@@ -438,22 +480,23 @@ class Wan22Pipeline(Wan22LoraLoaderMixin, WanPipeline):
             prompt_embeds, negative_prompt_embeds, latents, callback_on_step_end_tensor_inputs, expert_steps,
         )
         self._guidance_scale, self._guidance_scale_2 = scales
-        self._do_cfg = max(scales) > 1.0
         self._attention_kwargs = attention_kwargs
+        self._batched_cfg = batched_cfg
         self._current_timestep = None
         self._interrupt = False
         device = self._execution_device
         batch_size = 1 if isinstance(prompt, str) else len(prompt) if prompt is not None else prompt_embeds.shape[0]
 
-        # 2. Encode the prompts
+        # 2. Timesteps, and the expert + guidance of every step (cheap; refuses a schedule needing a missing expert)
+        timesteps, experts, step_scales = self.plan_steps(
+            num_inference_steps, boundary_ratio, scales, device, expert_steps
+        )
+        self._do_cfg = any(g > 1.0 for g in step_scales)  # the negative prompt is encoded only if a step uses it
+
+        # 3. Encode the prompts
         prompt_embeds, negative_prompt_embeds = self.encode_prompts(
             prompt, negative_prompt, self._do_cfg, num_videos_per_prompt, prompt_embeds, negative_prompt_embeds,
             max_sequence_length, device,
-        )
-
-        # 3. Timesteps, and the expert + guidance of every step
-        timesteps, experts, step_scales = self.plan_steps(
-            num_inference_steps, boundary_ratio, scales, device, expert_steps
         )
 
         # 4. Initial noise
@@ -473,6 +516,7 @@ class Wan22Pipeline(Wan22LoraLoaderMixin, WanPipeline):
             latents, timesteps, experts, step_scales, prompt_embeds, negative_prompt_embeds,
             attention_kwargs=attention_kwargs, callback_on_step_end=callback_on_step_end,
             callback_on_step_end_tensor_inputs=callback_on_step_end_tensor_inputs,
+            callback_on_expert_switch=callback_on_expert_switch,
         )
 
         # 6. Decode
