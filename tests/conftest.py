@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
+import json
+import os
 from pathlib import Path
 
 import pytest
 import torch
 
 OFFICIAL = Path(__file__).parent / "fixtures" / "official"
+# `docs/make_parity.py` sets this to collect every parity measurement into docs/parity.md.
+PARITY_JSON = os.environ.get("WAN22_PARITY_JSON")
+_MEASUREMENTS: list[dict] = []
 
 
 def assert_close_rel(actual: torch.Tensor, expected: torch.Tensor, rel: float = 1e-4, what: str = "") -> float:
@@ -15,9 +20,16 @@ def assert_close_rel(actual: torch.Tensor, expected: torch.Tensor, rel: float = 
     actual, expected = actual.detach().double().cpu(), expected.detach().double().cpu()
     assert actual.shape == expected.shape, f"{what}: shape {tuple(actual.shape)} != {tuple(expected.shape)}"
     diff = (actual - expected).abs().max().item()
-    bound = rel * expected.abs().max().item()
-    assert diff <= bound, f"{what}: max|diff| {diff:.3e} > {rel:g} * max|ref| = {bound:.3e}"
+    ref = expected.abs().max().item()
+    test = os.environ.get("PYTEST_CURRENT_TEST", "").split(" ")[0]
+    _MEASUREMENTS.append({"test": test, "what": what, "max_abs_diff": diff, "max_abs_ref": ref, "rel_bound": rel})
+    assert diff <= rel * ref, f"{what}: max|diff| {diff:.3e} > {rel:g} * max|ref| = {rel * ref:.3e}"
     return diff
+
+
+def pytest_sessionfinish(session, exitstatus):
+    if PARITY_JSON and _MEASUREMENTS:
+        Path(PARITY_JSON).write_text(json.dumps(_MEASUREMENTS, indent=1))
 
 
 @pytest.fixture
