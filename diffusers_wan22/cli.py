@@ -64,8 +64,13 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--base_seed", type=int, default=0)
 
     gen = sub.add_parser("generate", help="generate a video from a model folder (official or diffusers-format)")
-    gen.add_argument("--model", required=True, help="official checkpoint folder or a saved Wan22Pipeline folder")
-    gen.add_argument("--prompt", required=True)
+    gen.add_argument("--model", required=True,
+                     help="official checkpoint folder, a saved Wan22Pipeline folder, or 'tiny' (random demo weights)")
+    which = gen.add_mutually_exclusive_group(required=True)
+    which.add_argument("--prompt")
+    which.add_argument("--prompts", type=Path, default=None,
+                       help="text file, one prompt per line: writes <output_dir>/<index>.mp4 with seed base_seed+index; "
+                            "under `accelerate launch --num_processes N` the prompts are split across the processes")
     gen.add_argument("--negative_prompt", default=None, help="default: the official negative prompt")
     gen.add_argument("--size", type=_parse_size, default=None, help="W*H, e.g. 1280*720 (default: the variant's)")
     gen.add_argument("--frame_num", type=_positive_int, default=None, help="4k+1 frames (default: the variant's)")
@@ -79,6 +84,7 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("--device", default=None, help="e.g. cuda, cuda:1, cpu (default: cuda if available)")
     gen.add_argument("--offload_model", action="store_true", help="model CPU offload (one expert on the GPU)")
     gen.add_argument("--output", default=None, help="mp4 path (default: wan22_<time>.mp4)")
+    gen.add_argument("--output_dir", default="wan22_outputs", help="with --prompts (default: %(default)s)")
 
     info = sub.add_parser("info", help="describe a model folder")
     info.add_argument("model")
@@ -110,17 +116,10 @@ def cmd_demo(args) -> int:
 
 
 def load_any_pipeline(model: str, torch_dtype):
-    """A Wan 2.2 pipeline from an official folder or from a folder written by `save_pretrained`."""
-    from .pipelines.pipeline_wan22 import Wan22Pipeline
+    """A Wan 2.2 pipeline from ``tiny``, an official folder or a folder written by `save_pretrained`."""
+    from .loading import load_pipeline
 
-    path = Path(model)
-    if not path.is_dir():
-        raise CliError(f"--model {model!r} is not a folder (download the checkpoint first)")
-    if (path / "model_index.json").exists():
-        from diffusers import DiffusionPipeline
-
-        return DiffusionPipeline.from_pretrained(path, torch_dtype=torch_dtype)
-    return Wan22Pipeline.from_official(path, torch_dtype=torch_dtype)
+    return load_pipeline(model, torch_dtype)
 
 
 def cmd_generate(args) -> int:
@@ -133,6 +132,11 @@ def cmd_generate(args) -> int:
         raise CliError(f"--sample_guide_scale takes one or two values; got {len(guide)}")
     dtype = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}[args.dtype]
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    prompts = read_prompts(args.prompts) if args.prompts is not None else None
+    if prompts is not None and args.device is None:
+        from accelerate import PartialState
+
+        device = PartialState().device  # this process's device under `accelerate launch`
     pipe = load_any_pipeline(args.model, dtype)
     if args.sample_solver == "dpm++" or args.sample_shift is not None:
         from diffusers import DPMSolverMultistepScheduler, UniPCMultistepScheduler
@@ -149,12 +153,51 @@ def cmd_generate(args) -> int:
     if guide:
         kwargs["guidance_scale"] = guide[0]
         kwargs["guidance_scale_2"] = guide[-1]
+    if prompts is not None:
+        return generate_prompts(pipe, prompts, args.output_dir, args.base_seed, negative_prompt=args.negative_prompt,
+                                height=height, width=width, num_frames=args.frame_num,
+                                num_inference_steps=args.sample_steps, **kwargs)
     out = pipe(args.prompt, negative_prompt=args.negative_prompt, height=height, width=width,
                num_frames=args.frame_num, num_inference_steps=args.sample_steps,
                generator=torch.Generator(device="cpu").manual_seed(args.base_seed), **kwargs)
     _report_steps(out.experts, out.timesteps)
     output = args.output or f"wan22_{time.strftime('%Y%m%d_%H%M%S')}.mp4"
     print(f"Wrote {save_video(out.frames[0], output, fps=pipe.variant_defaults.fps)}")
+    return 0
+
+
+# ------------------------------------------------------------------ data parallel over prompts (--prompts FILE)
+def read_prompts(path: Path) -> list[str]:
+    """The non-empty lines of a prompt file; a prompt's index is its position among them (0-based)."""
+    try:
+        lines = Path(path).read_text(encoding="utf-8").splitlines()
+    except FileNotFoundError:
+        raise CliError(f"--prompts {str(path)!r}: no such file") from None
+    prompts = [line.strip() for line in lines if line.strip()]
+    if not prompts:
+        raise CliError(f"--prompts {str(path)!r} has no prompts (one prompt per line)")
+    return prompts
+
+
+def generate_prompts(pipe, prompts: list[str], output_dir, base_seed: int, **call_kwargs) -> int:
+    """Generate ``prompts`` split across the `accelerate` processes (one process without `accelerate launch`).
+
+    Prompt ``i`` is generated with seed ``base_seed + i`` and written to ``<output_dir>/<i>.mp4`` by the process that
+    owns it, so every video is the same whatever the number of processes.
+    """
+    import torch
+    from accelerate import PartialState
+
+    from .video import save_video
+
+    state = PartialState()
+    with state.split_between_processes(list(enumerate(prompts))) as mine:
+        for index, prompt in mine:
+            seed = base_seed + index
+            out = pipe(prompt, generator=torch.Generator(device="cpu").manual_seed(seed), **call_kwargs)
+            path = save_video(out.frames[0], Path(output_dir) / f"{index}.mp4", fps=pipe.variant_defaults.fps)
+            print(f"[process {state.process_index}/{state.num_processes}] prompt {index} (seed {seed}): wrote {path}")
+    state.wait_for_everyone()
     return 0
 
 

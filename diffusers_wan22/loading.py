@@ -110,3 +110,29 @@ def load_official_components(
         vae=load_official_vae(vae_path, torch_dtype=torch_dtype),
         scheduler=official_scheduler(variant),
     )
+
+
+def load_pipeline(model: str | os.PathLike, torch_dtype: torch.dtype | None = None, pipeline_cls=None):
+    """A Wan 2.2 pipeline from any source a user hands us.
+
+    * ``"tiny"`` or ``"tiny:<variant>"``: the built-in random-weight demo pipeline (for docs, CI, smoke tests);
+    * a folder with ``model_index.json``: a diffusers-format pipeline (``DiffusionPipeline.from_pretrained``);
+    * an official checkpoint folder: ``<pipeline_cls>.from_official`` (default `Wan22Pipeline`).
+    """
+    from .pipelines.pipeline_wan22 import Wan22Pipeline
+
+    pipeline_cls = pipeline_cls or Wan22Pipeline
+    text = str(model)
+    if text == "tiny" or text.startswith("tiny:"):
+        from .demo import build_tiny_components
+
+        variant = text.partition(":")[2] or "t2v-A14B"
+        return pipeline_cls(**build_tiny_components(variant))
+    path = Path(text)
+    if not path.is_dir():
+        raise FileNotFoundError(f"Model {text!r} is not a folder (download the checkpoint first) nor 'tiny'.")
+    if (path / "model_index.json").exists():
+        from diffusers import DiffusionPipeline
+
+        return DiffusionPipeline.from_pretrained(path, torch_dtype=torch_dtype)
+    return pipeline_cls.from_official(path, torch_dtype=torch_dtype)
