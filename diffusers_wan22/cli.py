@@ -69,8 +69,9 @@ def build_parser() -> argparse.ArgumentParser:
     which = gen.add_mutually_exclusive_group(required=True)
     which.add_argument("--prompt")
     which.add_argument("--prompts", type=Path, default=None,
-                       help="text file, one prompt per line: writes <output_dir>/<index>.mp4 with seed base_seed+index; "
-                            "under `accelerate launch --num_processes N` the prompts are split across the processes")
+                       help="text file, one prompt per line: writes <output_dir>/<index>.mp4 with seed "
+                            "base_seed+index; under `accelerate launch --num_processes N` the prompts are split "
+                            "across the processes")
     gen.add_argument("--negative_prompt", default=None, help="default: the official negative prompt")
     gen.add_argument("--size", type=_parse_size, default=None, help="W*H, e.g. 1280*720 (default: the variant's)")
     gen.add_argument("--frame_num", type=_positive_int, default=None, help="4k+1 frames (default: the variant's)")
@@ -134,9 +135,7 @@ def cmd_generate(args) -> int:
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     prompts = read_prompts(args.prompts) if args.prompts is not None else None
     if prompts is not None and args.device is None:
-        from accelerate import PartialState
-
-        device = PartialState().device  # this process's device under `accelerate launch`
+        device = _partial_state().device  # this process's device under `accelerate launch`
     pipe = load_any_pipeline(args.model, dtype)
     if args.sample_solver == "dpm++" or args.sample_shift is not None:
         from diffusers import DPMSolverMultistepScheduler, UniPCMultistepScheduler
@@ -179,6 +178,19 @@ def read_prompts(path: Path) -> list[str]:
     return prompts
 
 
+def _partial_state():
+    """accelerate's process state. On a machine without an accelerator (or under `accelerate launch --cpu`) it is
+    created with ``cpu=True``, otherwise accelerate treats several launched CPU processes as independent ones."""
+    import os
+
+    import torch
+    from accelerate import PartialState
+
+    cpu = os.environ.get("ACCELERATE_USE_CPU", "").lower() in ("1", "true", "yes") or (
+        torch.accelerator.device_count() == 0)
+    return PartialState(cpu=cpu)
+
+
 def generate_prompts(pipe, prompts: list[str], output_dir, base_seed: int, **call_kwargs) -> int:
     """Generate ``prompts`` split across the `accelerate` processes (one process without `accelerate launch`).
 
@@ -186,11 +198,10 @@ def generate_prompts(pipe, prompts: list[str], output_dir, base_seed: int, **cal
     owns it, so every video is the same whatever the number of processes.
     """
     import torch
-    from accelerate import PartialState
 
     from .video import save_video
 
-    state = PartialState()
+    state = _partial_state()
     with state.split_between_processes(list(enumerate(prompts))) as mine:
         for index, prompt in mine:
             seed = base_seed + index

@@ -24,17 +24,28 @@ _CORPUS = [
 ]
 
 
-def build_tiny_tokenizer(vocab_size: int = 320) -> T5TokenizerFast:
-    """A T5-style Unigram tokenizer trained offline (ids: pad 0, eos 1, unk 2, like umt5)."""
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
+def _tiny_unigram_vocab() -> list[tuple[str, float]]:
+    """A deterministic Unigram vocabulary: specials, every corpus character, then the corpus words.
 
-    tok = Tokenizer(models.Unigram())
+    Built by counting rather than by `UnigramTrainer`, whose result changes from process to process (it depends on
+    Python's hash seed), which would give each process of a multi-process run different token ids.
+    """
+    from collections import Counter
+
+    words = Counter("▁" + w for line in _CORPUS for w in line.split())
+    chars = Counter(c for w, n in words.items() for c in w for _ in range(n))
+    pieces = [(c, -2.0 - 1.0 / (1 + n)) for c, n in sorted(chars.items())]
+    pieces += [(w, -1.0 - 1.0 / (1 + n)) for w, n in sorted(words.items()) if len(w) > 1]
+    return [("<pad>", 0.0), ("</s>", 0.0), ("<unk>", 0.0)] + pieces
+
+
+def build_tiny_tokenizer() -> T5TokenizerFast:
+    """A T5-style Unigram tokenizer made offline (ids: pad 0, eos 1, unk 2, like umt5), identical in every process."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors
+
+    tok = Tokenizer(models.Unigram(_tiny_unigram_vocab(), unk_id=2))
     tok.pre_tokenizer = pre_tokenizers.Metaspace(replacement="▁", prepend_scheme="always")
     tok.decoder = decoders.Metaspace(replacement="▁", prepend_scheme="always")
-    trainer = trainers.UnigramTrainer(
-        vocab_size=vocab_size, special_tokens=["<pad>", "</s>", "<unk>"], unk_token="<unk>", show_progress=False
-    )
-    tok.train_from_iterator(_CORPUS, trainer=trainer)
     tok.post_processor = processors.TemplateProcessing(
         single="$A </s>", pair="$A </s> $B </s>", special_tokens=[("</s>", tok.token_to_id("</s>"))]
     )

@@ -16,6 +16,7 @@ from transformers import AutoTokenizer, UMT5EncoderModel
 from ..configs import VARIANTS, VariantDefaults
 from ..lora import Wan22LoraLoaderMixin
 from ..models.transformer_wan_moe import WanMoETransformer3DModel
+from ..parallel import Wan22ParallelMixin
 from ..scheduling import (
     HIGH,
     boundary_timestep,
@@ -42,7 +43,7 @@ EXAMPLE_DOC_STRING = """
 """
 
 
-class Wan22Pipeline(Wan22LoraLoaderMixin, WanPipeline):
+class Wan22Pipeline(Wan22ParallelMixin, Wan22LoraLoaderMixin, WanPipeline):
     r"""Wan 2.2 text-to-video with the A14B mixture of experts (or a dense Wan 2.2 transformer).
 
     It accepts the same `__call__` arguments as diffusers' `WanPipeline` (`guidance_scale` drives the high-noise
@@ -191,6 +192,7 @@ class Wan22Pipeline(Wan22LoraLoaderMixin, WanPipeline):
                 )
         if latents is not None and latents.ndim != 5:
             raise ValueError(f"`latents` must be a 5-D tensor [B, C, F, H, W]; got shape {tuple(latents.shape)}.")
+        self._check_parallel_inputs(height, width, num_frames)  # context parallel: tokens split evenly
 
     def _check_latents_shape(self, latents: torch.Tensor, expected: tuple[int, ...]) -> None:
         if tuple(latents.shape) != tuple(expected):
