@@ -136,3 +136,23 @@ def load_pipeline(model: str | os.PathLike, torch_dtype: torch.dtype | None = No
 
         return DiffusionPipeline.from_pretrained(path, torch_dtype=torch_dtype)
     return pipeline_cls.from_official(path, torch_dtype=torch_dtype)
+
+
+HUB_KWARGS = ("cache_dir", "force_download", "local_files_only", "revision", "token", "proxies")
+
+
+def resolve_pipeline_folder(name_or_path: str | os.PathLike, kwargs: dict) -> tuple[Path, dict]:
+    """A local pipeline folder (downloading a Hub repo id if needed) and its ``model_index.json``.
+
+    Hub options are popped from ``kwargs``; the rest is left for ``from_pretrained``.
+    """
+    path = Path(name_or_path)
+    hub = {k: kwargs.pop(k) for k in HUB_KWARGS if k in kwargs}
+    text = str(name_or_path)
+    if not path.is_dir():
+        if path.exists() or text.count("/") != 1 or text.startswith((".", "/", "~")):
+            raise FileNotFoundError(f"{str(name_or_path)!r} is neither a pipeline folder nor a Hub repo id.")
+        import huggingface_hub
+
+        path = Path(huggingface_hub.snapshot_download(text, **hub))
+    return path, _read_json(path / "model_index.json")

@@ -157,3 +157,34 @@ def test_expert_steps_give_the_requested_split(tiny_pipe, solver, split):
 def test_expert_steps_must_match_num_inference_steps(tiny_pipe):
     with pytest.raises(ValueError, match=r"`expert_steps` must be \(n_high, n_low\).*=8; got \(2, 2\)"):
         tiny_pipe(**dict(CALL, expert_steps=(2, 2)))
+
+
+def _stock_folder(tiny_components, path):
+    moe = tiny_components["transformer"]
+    stock = WanPipeline(
+        tokenizer=tiny_components["tokenizer"], text_encoder=tiny_components["text_encoder"],
+        vae=tiny_components["vae"], scheduler=tiny_components["scheduler"],
+        transformer=moe.high_noise_expert, transformer_2=moe.low_noise_expert, boundary_ratio=0.875,
+    )
+    stock.save_pretrained(path)
+    return path
+
+
+def test_from_pretrained_accepts_the_stock_diffusers_layout(tiny_components, tmp_path):
+    folder = _stock_folder(tiny_components, tmp_path / "stock")
+    pipe = Wan22Pipeline.from_pretrained(folder, disable_mmap=True)
+    assert isinstance(pipe.transformer, WanMoETransformer3DModel) and pipe.transformer.config.boundary_ratio == 0.875
+    ref = Wan22Pipeline(**tiny_components)(**_seeded(output_type="latent")).frames
+    assert torch.equal(pipe(**_seeded(output_type="latent")).frames, ref)
+
+
+def test_from_pretrained_with_a_hub_repo_id_downloads_first(tiny_pipe, tmp_path, monkeypatch):
+    import huggingface_hub
+
+    tiny_pipe.save_pretrained(tmp_path / "snapshot")
+    calls = []
+    monkeypatch.setattr(huggingface_hub, "snapshot_download",
+                        lambda repo_id, **kw: calls.append((repo_id, kw)) or str(tmp_path / "snapshot"))
+    pipe = Wan22Pipeline.from_pretrained("someorg/wan22-tiny", revision="main", disable_mmap=True)
+    assert calls == [("someorg/wan22-tiny", {"revision": "main"})]
+    assert isinstance(pipe.transformer, WanMoETransformer3DModel)

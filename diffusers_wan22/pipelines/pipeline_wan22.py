@@ -92,6 +92,30 @@ class Wan22Pipeline(Wan22ParallelMixin, Wan22LoraLoaderMixin, WanPipeline):
 
         return cls(**load_official_components(ckpt_dir, torch_dtype=torch_dtype, **kwargs))
 
+    @classmethod
+    def from_pretrained(cls, pretrained_model_name_or_path: str | os.PathLike, **kwargs):
+        """`DiffusionPipeline.from_pretrained`, plus: stock Wan 2.2 diffusers folders and Hub repo ids.
+
+        * A folder in the stock layout of the `Wan-AI/Wan2.2-*-Diffusers` repos (`transformer/` + `transformer_2/`,
+          `boundary_ratio` in `model_index.json`) is assembled into a `WanMoETransformer3DModel`.
+        * A Hub repo id is downloaded with `huggingface_hub.snapshot_download` first (diffusers 0.42's own download
+          step rejects third-party component libraries such as ours).
+        """
+        from ..loading import resolve_pipeline_folder
+
+        folder, index = resolve_pipeline_folder(pretrained_model_name_or_path, kwargs)
+        if "transformer_2" not in index:
+            return super().from_pretrained(folder, **kwargs)
+        stock = DiffusionPipeline.from_pretrained(folder, **kwargs)  # diffusers' own WanPipeline / I2V pipeline
+        transformer = stock.transformer
+        if stock.transformer_2 is not None:
+            transformer = WanMoETransformer3DModel.from_experts(
+                stock.transformer, stock.transformer_2, boundary_ratio=stock.config.boundary_ratio,
+                num_train_timesteps=stock.scheduler.config.num_train_timesteps,
+            )
+        return cls(tokenizer=stock.tokenizer, text_encoder=stock.text_encoder, transformer=transformer,
+                   vae=stock.vae, scheduler=stock.scheduler)
+
     # ------------------------------------------------------------------ properties
     @property
     def is_moe(self) -> bool:
