@@ -87,6 +87,9 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("--output", default=None, help="mp4 path (default: wan22_<time>.mp4)")
     gen.add_argument("--output_dir", default="wan22_outputs", help="with --prompts (default: %(default)s)")
 
+    conv = sub.add_parser("convert", help="convert an official checkpoint folder to a diffusers folder (streaming)")
+    add_convert_arguments(conv)
+
     info = sub.add_parser("info", help="describe a model folder")
     info.add_argument("model")
     return parser
@@ -212,6 +215,29 @@ def generate_prompts(pipe, prompts: list[str], output_dir, base_seed: int, **cal
     return 0
 
 
+def add_convert_arguments(parser: argparse.ArgumentParser) -> None:
+    """`wan22 convert` options (shared with conversion/convert_wan22_to_diffusers.py)."""
+    parser.add_argument("src", help="official Wan 2.2 folder (as downloaded)")
+    parser.add_argument("dst", help="output folder (written atomically)")
+    parser.add_argument("--variant", default="auto", choices=["auto", "t2v-A14B", "i2v-A14B", "ti2v-5B", "s2v-14B"])
+    parser.add_argument("--dtype", default=None, choices=["bf16", "fp16", "fp32"],
+                        help="cast floating tensors (default: keep each source tensor's dtype)")
+    parser.add_argument("--layout", default="wan22", choices=["wan22", "diffusers"],
+                        help="wan22: our pipeline folder; diffusers: stock WanPipeline layout (default: %(default)s)")
+    parser.add_argument("--max-shard-size", default="5GB", help="largest output shard (default: %(default)s)")
+    parser.add_argument("--overwrite", action="store_true", help="replace an existing DST")
+    parser.add_argument("--verify", action="store_true", help="re-read DST and checksum every tensor vs its source")
+
+
+def cmd_convert(args) -> int:
+    from .conversion.convert import convert_checkpoint
+
+    report = convert_checkpoint(args.src, args.dst, variant=args.variant, dtype=args.dtype, layout=args.layout,
+                                max_shard_size=args.max_shard_size, overwrite=args.overwrite, verify=args.verify)
+    print(report.summary())
+    return 0
+
+
 def cmd_info(args) -> int:
     from .loading import detect_official_variant
 
@@ -236,14 +262,14 @@ def cmd_info(args) -> int:
     return 0
 
 
-COMMANDS = {"demo": cmd_demo, "generate": cmd_generate, "info": cmd_info}
+COMMANDS = {"demo": cmd_demo, "generate": cmd_generate, "convert": cmd_convert, "info": cmd_info}
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return COMMANDS[args.command](args)
-    except (CliError, ValueError, FileNotFoundError) as e:
+    except (CliError, ValueError, FileNotFoundError, FileExistsError) as e:
         sys.stderr.write(f"wan22: error: {e}\n")
         return EXIT_USAGE
 
