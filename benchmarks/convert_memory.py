@@ -12,13 +12,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import resource
 import shutil
 import subprocess
 import sys
 import time
 from pathlib import Path
 
+import psutil
 import torch
 from safetensors.torch import save_file
 
@@ -89,6 +89,7 @@ def main() -> None:
     parser.add_argument("--layers", type=int, default=3, help="blocks per expert (each ~0.7 GB in bf16)")
     parser.add_argument("--max-shard-size", default="1GB")
     parser.add_argument("--workdir", default="/tmp/wan22-convert-bench")
+    parser.add_argument("--keep", action="store_true", help="keep the synthetic checkpoint and the output")
     args = parser.parse_args()
 
     work = Path(args.workdir)
@@ -97,20 +98,29 @@ def main() -> None:
     total = build_checkpoint(src, args.layers)
     shutil.rmtree(dst, ignore_errors=True)
     start = time.perf_counter()
-    res = subprocess.run([sys.executable, "-m", "diffusers_wan22.cli", "convert", str(src), str(dst),
-                          "--max-shard-size", args.max_shard_size], capture_output=True, text=True)
+    child = psutil.Popen([sys.executable, "-m", "diffusers_wan22.cli", "convert", str(src), str(dst),
+                          "--max-shard-size", args.max_shard_size], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                         text=True)
+    peak = 0
+    while child.poll() is None:  # sample the child's RSS (getrusage would also count this parent's pages at fork)
+        try:
+            peak = max(peak, child.memory_info().rss)
+        except psutil.NoSuchProcess:
+            break
+        time.sleep(0.005)
+    out, err = child.communicate()
     seconds = time.perf_counter() - start
-    if res.returncode:
-        raise SystemExit(res.stderr)
-    peak = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss * 1024  # Linux reports KiB
+    if child.returncode:
+        raise SystemExit(err)
     largest = max(p.stat().st_size for p in dst.rglob("*.safetensors"))
-    print(res.stdout.strip())
+    print(out.strip())
     print(f"source tensors      {total / 1e9:.2f} GB")
     print(f"largest out shard   {largest / 1e9:.2f} GB")
     print(f"child peak RSS      {peak / 1e9:.2f} GB   (includes ~0.5 GB of Python/torch/diffusers)")
     print(f"peak RSS / shard    {peak / largest:.2f}   (goal <= 1.5)")
     print(f"throughput          {total / 1e6 / seconds:.0f} MB/s   ({seconds:.1f} s incl. start-up)")
-    shutil.rmtree(work, ignore_errors=True)
+    if not args.keep:
+        shutil.rmtree(work, ignore_errors=True)
 
 
 if __name__ == "__main__":

@@ -19,8 +19,10 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import os
 import shutil
+import struct
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -28,7 +30,6 @@ from typing import Callable, Iterable, Iterator
 
 import torch
 from safetensors import safe_open
-from safetensors.torch import save_file
 
 from ..configs import get_variant
 from ..loading import EXPERT_DIRS, T5_FILE, TOKENIZER_DIR, VAE_FILES, detect_official_variant, official_scheduler
@@ -59,33 +60,45 @@ def _load_pth(path: Path) -> dict:
     return state
 
 
+_SAFETENSORS_DTYPES = {
+    torch.float64: "F64", torch.float32: "F32", torch.float16: "F16", torch.bfloat16: "BF16",
+    torch.int64: "I64", torch.int32: "I32", torch.int16: "I16", torch.int8: "I8", torch.uint8: "U8",
+    torch.bool: "BOOL", torch.float8_e4m3fn: "F8_E4M3", torch.float8_e5m2: "F8_E5M2",
+}
+_TORCH_DTYPES = {v: k for k, v in _SAFETENSORS_DTYPES.items()}
+
+
 class TensorReader:
     """Hands out source tensors one at a time, without keeping source files mapped in between.
 
     Each read opens the file, copies the one tensor out and closes (unmaps) it again, so pages of a 50 GB
-    checkpoint never pile up in the process's resident memory; only keys and shapes are cached.
+    checkpoint never pile up in the process's resident memory; only keys, shapes and dtypes are cached.
     """
 
     def __init__(self) -> None:
-        self._shapes: dict[Path, dict[str, tuple[int, ...]]] = {}
+        self._meta: dict[Path, dict[str, tuple[tuple[int, ...], torch.dtype]]] = {}
 
-    def _index(self, path: Path) -> dict[str, tuple[int, ...]]:
-        if path not in self._shapes:
+    def _index(self, path: Path) -> dict[str, tuple[tuple[int, ...], torch.dtype]]:
+        if path not in self._meta:
             if path.suffix == ".safetensors":
                 try:
                     with safe_open(str(path), framework="pt") as f:
-                        self._shapes[path] = {k: tuple(f.get_slice(k).get_shape()) for k in f.keys()}
+                        self._meta[path] = {k: (tuple(f.get_slice(k).get_shape()),
+                                                _TORCH_DTYPES[f.get_slice(k).get_dtype()]) for k in f.keys()}
                 except Exception as e:  # noqa: BLE001 - truncated/corrupt files raise various errors
                     raise ValueError(f"{path}: not a readable safetensors file ({e})") from None
             else:
-                self._shapes[path] = {k: tuple(v.shape) for k, v in _load_pth(path).items()}
-        return self._shapes[path]
+                self._meta[path] = {k: (tuple(v.shape), v.dtype) for k, v in _load_pth(path).items()}
+        return self._meta[path]
 
     def keys(self, path: Path) -> list[str]:
         return list(self._index(path))
 
     def shape(self, ref: TensorRef) -> tuple[int, ...]:
-        return self._index(ref.file)[ref.key]
+        return self._index(ref.file)[ref.key][0]
+
+    def dtype(self, ref: TensorRef) -> torch.dtype:
+        return self._index(ref.file)[ref.key][1]
 
     def get(self, ref: TensorRef) -> torch.Tensor:
         if ref.file.suffix == ".safetensors":
@@ -132,47 +145,62 @@ def _fsync(path: Path) -> None:
         os.close(fd)
 
 
-class ShardedWriter:
-    """Appends tensors to safetensors shards of at most ``max_shard_size`` bytes, with a diffusers-style index."""
+def _split_shards(entries: list[tuple[str, tuple[int, ...], torch.dtype]], max_bytes: int) -> list[list[int]]:
+    """Group entry indices into consecutive shards of at most ``max_bytes`` (a larger tensor gets its own)."""
+    shards, current, size = [], [], 0
+    for i, (_, shape, dtype) in enumerate(entries):
+        nbytes = math.prod(shape) * dtype.itemsize
+        if current and size + nbytes > max_bytes:
+            shards.append(current)
+            current, size = [], 0
+        current.append(i)
+        size += nbytes
+    return shards + [current] if current else shards
 
-    def __init__(self, folder: Path, weights_name: str, max_shard_size: int) -> None:
-        self.folder, self.weights_name, self.max_bytes = folder, weights_name, max_shard_size
-        folder.mkdir(parents=True, exist_ok=True)
-        self._pending: dict[str, torch.Tensor] = {}
-        self._pending_bytes = 0
-        self._shards: list[tuple[Path, list[str]]] = []
-        self.total_bytes = 0
 
-    def add(self, key: str, tensor: torch.Tensor) -> None:
-        nbytes = tensor.numel() * tensor.element_size()
-        if self._pending and self._pending_bytes + nbytes > self.max_bytes:
-            self._flush()
-        self._pending[key] = tensor.contiguous()
-        self._pending_bytes += nbytes
-        self.total_bytes += nbytes
+def write_safetensors_streaming(path: Path, entries: list[tuple[str, tuple[int, ...], torch.dtype]],
+                                tensors: Iterable[torch.Tensor]) -> None:
+    """Write a safetensors file whose header is known up front, streaming the tensors' bytes one at a time.
 
-    def _flush(self) -> None:
-        path = self.folder / f".shard-{len(self._shards):05d}.safetensors"
-        save_file(self._pending, str(path), metadata={"format": "pt"})
-        _fsync(path)
-        self._shards.append((path, list(self._pending)))
-        self._pending, self._pending_bytes = {}, 0
+    Unlike `safetensors.torch.save_file`, which serialises the whole file in memory, this holds one tensor at a
+    time. Each tensor must match its entry's shape and dtype.
+    """
+    header, offset = {"__metadata__": {"format": "pt"}}, 0
+    for key, shape, dtype in entries:
+        nbytes = math.prod(shape) * dtype.itemsize
+        header[key] = {"dtype": _SAFETENSORS_DTYPES[dtype], "shape": list(shape), "data_offsets": [offset,
+                                                                                                   offset + nbytes]}
+        offset += nbytes
+    blob = json.dumps(header, separators=(",", ":")).encode()
+    blob += b" " * (-len(blob) % 8)  # the format aligns the data section to 8 bytes
+    with open(path, "wb") as f:
+        f.write(struct.pack("<Q", len(blob)))
+        f.write(blob)
+        for (key, shape, dtype), tensor in zip(entries, tensors, strict=True):
+            if tuple(tensor.shape) != tuple(shape) or tensor.dtype != dtype:
+                raise ValueError(f"{key}: got {tuple(tensor.shape)} {tensor.dtype}, planned {shape} {dtype}.")
+            f.write(tensor.contiguous().view(torch.uint8).numpy().data)
+        f.flush()
+        os.fsync(f.fileno())
 
-    def close(self) -> list[str]:
-        """Write the last shard, give the shards their final names, write the index; returns the file names."""
-        if self._pending or not self._shards:
-            self._flush()
-        stem, ext = self.weights_name.rsplit(".", 1)
-        n = len(self._shards)
-        names = [self.weights_name] if n == 1 else [f"{stem}-{i + 1:05d}-of-{n:05d}.{ext}" for i in range(n)]
-        weight_map = {}
-        for (path, keys), name in zip(self._shards, names):
-            path.rename(self.folder / name)
-            weight_map.update({k: name for k in keys})
-        if n > 1:
-            index = {"metadata": {"total_size": self.total_bytes}, "weight_map": dict(sorted(weight_map.items()))}
-            (self.folder / f"{self.weights_name}.index.json").write_text(json.dumps(index, indent=2))
-        return names
+
+def write_sharded(folder: Path, weights_name: str, entries, tensors: Iterable[torch.Tensor], max_bytes: int) -> int:
+    """Shards named like diffusers/transformers (``name-00001-of-0000N``) + index; returns the bytes written."""
+    groups = _split_shards(entries, max_bytes)
+    stem, ext = weights_name.rsplit(".", 1)
+    n = len(groups)
+    names = [weights_name] if n == 1 else [f"{stem}-{i + 1:05d}-of-{n:05d}.{ext}" for i in range(n)]
+    stream = iter(tensors)
+    weight_map = {}
+    for name, group in zip(names, groups):
+        shard_entries = [entries[i] for i in group]
+        write_safetensors_streaming(folder / name, shard_entries, (next(stream) for _ in group))
+        weight_map.update({e[0]: name for e in shard_entries})
+    total = sum(math.prod(shape) * dtype.itemsize for _, shape, dtype in entries)
+    if n > 1:
+        index = {"metadata": {"total_size": total}, "weight_map": dict(sorted(weight_map.items()))}
+        (folder / f"{weights_name}.index.json").write_text(json.dumps(index, indent=2))
+    return total
 
 
 # ------------------------------------------------------------------------------------------------ plan
@@ -368,16 +396,22 @@ def _write_component(plan: ComponentPlan, root: Path, reader: TensorReader, dtyp
     folder.mkdir(parents=True, exist_ok=True)
     if plan.write_config is not None:
         plan.write_config(folder)
-    writer = ShardedWriter(folder, plan.weights_name, max_shard)
-    for ref in plan.refs:
-        tensor = _cast(reader.get(ref), dtype)
-        writer.add(ref.out_key, tensor)
-        report.dtypes.add(tensor.dtype)
-        report.tensors += 1
-        if progress:
-            progress(1)
-    writer.close()
-    report.bytes += writer.total_bytes
+
+    def out_dtype(ref: TensorRef) -> torch.dtype:
+        src = reader.dtype(ref)
+        return dtype if dtype is not None and src.is_floating_point else src
+
+    entries = [(ref.out_key, reader.shape(ref), out_dtype(ref)) for ref in plan.refs]
+
+    def tensors() -> Iterator[torch.Tensor]:
+        for ref in plan.refs:  # one source tensor in memory at a time
+            yield _cast(reader.get(ref), dtype)
+            if progress:
+                progress(1)
+
+    report.bytes += write_sharded(folder, plan.weights_name, entries, tensors(), max_shard)
+    report.tensors += len(entries)
+    report.dtypes.update(e[2] for e in entries)
 
 
 def _iter_dst_tensors(folder: Path, weights_name: str) -> Iterator[tuple[str, torch.Tensor]]:
