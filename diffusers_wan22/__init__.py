@@ -10,16 +10,17 @@ from diffusers import DiffusionPipeline, ModelMixin, SchedulerMixin  # noqa: F40
 from ._registry import register
 from .configs import DEFAULT_NEGATIVE_PROMPT, VARIANTS, get_variant
 from .models import WanMoETransformer3DModel
-from .pipelines import Wan22Pipeline, Wan22PipelineOutput
+from .pipelines import Wan22ImageToVideoPipeline, Wan22Pipeline, Wan22PipelineOutput
 from .scheduling import plan_experts, set_official_timesteps
 
 __version__ = "0.1.0"
 
-register(WanMoETransformer3DModel, pipelines=(Wan22Pipeline,))
+register(WanMoETransformer3DModel, pipelines=(Wan22Pipeline, Wan22ImageToVideoPipeline))
 
 __all__ = [
     "DEFAULT_NEGATIVE_PROMPT",
     "VARIANTS",
+    "Wan22ImageToVideoPipeline",
     "Wan22Pipeline",
     "Wan22PipelineOutput",
     "WanMoETransformer3DModel",

@@ -92,14 +92,16 @@ def build_tiny_vae(z_dim: int = 16) -> AutoencoderKLWan:
 
 
 def build_tiny_components(variant: str = "t2v-A14B", seed: int = 0, moe: bool = True) -> dict:
-    """Random tiny components for ``Wan22Pipeline(**components)`` (variant ``"t2v-A14B"`` or ``"ti2v-5B"``)."""
+    """Random tiny components for ``Wan22Pipeline(**components)`` / ``Wan22ImageToVideoPipeline(**components)``
+    (variant ``"t2v-A14B"``, ``"i2v-A14B"`` or ``"ti2v-5B"``)."""
     defaults = get_variant(variant)
     generator = torch.Generator().manual_seed(seed)
     tokenizer = build_tiny_tokenizer()
     text_encoder = build_tiny_text_encoder(vocab_size=len(tokenizer))
     _randomize_(text_encoder, generator, scale=0.5)
     channels = 48 if defaults.vae_version == "2.2" else 16
-    kwargs = tiny_transformer_kwargs(in_channels=channels, out_channels=channels)
+    in_channels = channels + 20 if variant == "i2v-A14B" else channels  # I2V: + 4 mask + 16 image-latent channels
+    kwargs = tiny_transformer_kwargs(in_channels=in_channels, out_channels=channels)
     if moe and defaults.boundary_ratio is not None:
         experts = [WanTransformer3DModel(**kwargs).eval() for _ in range(2)]
         for expert in experts:

@@ -1,4 +1,5 @@
 from .pipeline_output import Wan22PipelineOutput
 from .pipeline_wan22 import Wan22Pipeline
+from .pipeline_wan22_i2v import Wan22ImageToVideoPipeline
 
-__all__ = ["Wan22Pipeline", "Wan22PipelineOutput"]
+__all__ = ["Wan22ImageToVideoPipeline", "Wan22Pipeline", "Wan22PipelineOutput"]

@@ -377,8 +377,8 @@ class Wan22Pipeline(Wan22ParallelMixin, Wan22LoraLoaderMixin, WanPipeline):
         self.scheduler.set_begin_index(0)
         sigmas = self.scheduler.sigmas.tolist()  # one host copy; cache hooks read the sigma of each step
         token_mask = None
-        if first_frame_latents is not None:
-            latents[:, :, :1] = first_frame_latents
+        if first_frame_latents is not None:  # new tensors, never writing into the caller's `latents`
+            latents = torch.cat([first_frame_latents.to(latents.dtype), latents[:, :, 1:]], dim=2)
             token_mask = self._first_frame_token_mask(latents)
 
         with self.progress_bar(total=len(timesteps)) as progress_bar:
@@ -401,7 +401,7 @@ class Wan22Pipeline(Wan22ParallelMixin, Wan22LoraLoaderMixin, WanPipeline):
 
                 latents = self.scheduler.step(noise_pred.float(), t, latents, return_dict=False)[0]
                 if first_frame_latents is not None:
-                    latents[:, :, :1] = first_frame_latents
+                    latents = torch.cat([first_frame_latents.to(latents.dtype), latents[:, :, 1:]], dim=2)
 
                 if callback_on_step_end is not None:
                     available = {"latents": latents, "prompt_embeds": prompt_embeds,
