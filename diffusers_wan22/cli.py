@@ -16,6 +16,7 @@ EPILOG = """examples:
   wan22 demo                                     # tiny random-weight pipeline, writes wan22_demo.mp4
   wan22 generate --model ./Wan2.2-T2V-A14B --prompt "Two cats boxing on a stage." --size 832*480
   wan22 info ./Wan2.2-T2V-A14B
+  wan22 plan --size 1280*720 --frame_num 81          # memory of each offload mode for T2V-A14B
 """
 
 
@@ -92,6 +93,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     info = sub.add_parser("info", help="describe a model folder")
     info.add_argument("model")
+
+    plan = sub.add_parser("plan", help="predict peak accelerator memory and host RAM of each memory mode")
+    add_plan_arguments(plan)
     return parser
 
 
@@ -262,7 +266,51 @@ def cmd_info(args) -> int:
     return 0
 
 
-COMMANDS = {"demo": cmd_demo, "generate": cmd_generate, "convert": cmd_convert, "info": cmd_info}
+# ------------------------------------------------------------------ wan22 plan (memory planner)
+def add_plan_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--model", default="t2v-A14B",
+                        help="'t2v-A14B' (built-in sizes of the real model) or a folder saved by save_pretrained "
+                             "(sizes counted on the meta device, no weights read)")
+    parser.add_argument("--size", type=_parse_size, default=(1280, 720), help="W*H (default: 1280*720)")
+    parser.add_argument("--frame_num", type=_positive_int, default=81)
+    parser.add_argument("--dtype", choices=["bf16", "fp16", "fp32"], default="bf16")
+    parser.add_argument("--batched_cfg", action="store_true", help="CFG branches as one batch of 2")
+    parser.add_argument("--budget_gb", type=float, default=40.0, help="accelerator budget to recommend a mode for")
+
+
+def _plan_spec(model: str):
+    from .memory_planner import A14B, spec_from_config
+
+    if model.lower() in ("t2v-a14b", "a14b"):
+        return A14B
+    config = Path(model) / "transformer" / "config.json"
+    if not config.exists():
+        raise CliError(f"--model {model!r}: expected 't2v-A14B' or a saved pipeline folder with transformer/config.json")
+    import json
+
+    cfg = json.loads(config.read_text())
+    return spec_from_config(cfg, moe=cfg.get("_class_name") == "WanMoETransformer3DModel")
+
+
+def cmd_plan(args) -> int:
+    from .memory_planner import GB, best_mode, plan_table
+
+    width, height = args.size
+    spec = _plan_spec(args.model)
+    kwargs = dict(weight_bytes=4 if args.dtype == "fp32" else 2, batched_cfg=args.batched_cfg)
+    print(f"{args.model}: {width}x{height}, {args.frame_num} frames, {args.dtype} (peaks, GB = 1e9 bytes)")
+    print(plan_table(spec, height, width, args.frame_num, **kwargs))
+    best = best_mode(spec, height, width, args.frame_num, args.budget_gb * GB, **kwargs)
+    if best is None:
+        print(f"No mode fits {args.budget_gb:g} GB of accelerator memory.")
+    else:
+        print(f"Fastest mode within {args.budget_gb:g} GB: {best.mode} ({best.accelerator_gb:.1f} GB accelerator, "
+              f"{best.host_gb:.1f} GB host RAM).")
+    print("Estimates from parameter counts and activation formulas (docs/memory.md); not measured on a GPU.")
+    return 0
+
+
+COMMANDS = {"demo": cmd_demo, "generate": cmd_generate, "convert": cmd_convert, "info": cmd_info, "plan": cmd_plan}
 
 
 def main(argv: list[str] | None = None) -> int:

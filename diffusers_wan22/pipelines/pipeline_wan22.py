@@ -16,6 +16,7 @@ from transformers import AutoTokenizer, UMT5EncoderModel
 from ..configs import VARIANTS, VariantDefaults
 from ..lora import Wan22LoraLoaderMixin
 from ..models.transformer_wan_moe import WanMoETransformer3DModel
+from ..offload import Wan22OffloadMixin
 from ..parallel import Wan22ParallelMixin
 from ..scheduling import (
     HIGH,
@@ -43,7 +44,7 @@ EXAMPLE_DOC_STRING = """
 """
 
 
-class Wan22Pipeline(Wan22ParallelMixin, Wan22LoraLoaderMixin, WanPipeline):
+class Wan22Pipeline(Wan22OffloadMixin, Wan22ParallelMixin, Wan22LoraLoaderMixin, WanPipeline):
     r"""Wan 2.2 text-to-video with the A14B mixture of experts (or a dense Wan 2.2 transformer).
 
     It accepts the same `__call__` arguments as diffusers' `WanPipeline` (`guidance_scale` drives the high-noise
@@ -386,6 +387,7 @@ class Wan22Pipeline(Wan22ParallelMixin, Wan22LoraLoaderMixin, WanPipeline):
                 if self.interrupt:
                     continue
                 self._current_timestep = t
+                self._before_step(i, experts)  # memory modes: materialise / prefetch experts
                 if i and experts[i] != experts[i - 1]:
                     self._on_expert_switch(i, t, experts[i - 1], experts[i], callback_on_expert_switch)
                 self._current_expert = experts[i]

@@ -1,0 +1,290 @@
+"""Memory planner: predicted peak accelerator memory and peak host RAM of a Wan 2.2 generation, per memory mode.
+
+Pure arithmetic on parameter counts and shapes, so it runs without weights (a `ModelSpec` from known counts, from a
+config built on the ``meta`` device, or from a loaded pipeline). The formulas, with ``b`` = bytes per element of
+the compute dtype (2 for bf16/fp16):
+
+Tokens of one transformer forward (patch ``(1, 2, 2)``, VAE stride ``(4, 8, 8)``)::
+
+    F_lat = (num_frames - 1) / 4 + 1,   N = B * F_lat * (H / 16) * (W / 16)    (B = 2 with batched CFG, else 1)
+
+DiT activations (inference, no autograd; memory-efficient/flash attention, so no N x N matrix)::
+
+    attention phase = N * d * (7 b + 16)       x, norm out, q, k, v, attention out, projection (compute dtype)
+                                               + fp32 norm upcast and three fp32 RoPE temporaries (4 x 4 bytes)
+    FFN phase       = N * (2 f b + d (3 b + 8)) hidden + GELU output (f wide), x, norm out, FFN out, two fp32 sums
+    act_dit         = max(attention phase, FFN phase) + N * head_dim * 8 (RoPE cos/sin, fp32)
+
+Text encoder (UMT5-XXL, L = 512 tokens, d_t = 4096, f_t = 10240): ``act_te = L * (2 f_t + 6 d_t) * 4`` (fp32 worst
+case) plus the two prompt embeddings. VAE decode (Wan VAE decodes one latent frame -> 4 video frames at a time and
+keeps 2 cached frames per causal conv)::
+
+    act_vae = C_top * H' * W' * b * (K_LIVE * 4 + K_CACHE)    C_top = 96, K_LIVE = 6, K_CACHE = 30
+    output  = 3 * num_frames * H * W * 4                        (decoded video, fp32 after post-processing)
+
+where ``H' x W'`` is the full frame, or one tile (256 x 256, diffusers' default) with VAE tiling.
+
+Peaks per mode (``E`` = bytes of one expert, ``T`` text encoder, ``V`` VAE, ``G`` largest offload group =
+one transformer block, ``U`` an expert's non-block parameters; weights in ``weight_dtype``)::
+
+    none            accel = T + 2E + V + max(act_te, act_dit, act_vae)          host = O + T + 2E + V (load)
+    model_offload   accel = max(T + act_te, 2E + act_dit, V + act_vae)          host = O + T + 2E + V
+                    (stock diffusers: the MoE container is one component, both experts move together)
+    expert_offload  accel = max(T + act_te, E + act_dit, V + act_vae)           host = O + T + 2E + V
+    group_offload   accel = max(T + act_te, G + U + act_dit, V + act_vae)       host = O + T + 2E + V
+                    (block level, one block per group; UMT5 and the VAE have no top-level ModuleList, so each is
+                    one group; ``prefetch`` (CUDA streams) adds one block group)
+    lazy_experts    accel = as expert_offload                                    host = O + T + V + E
+                    (the prefetch reads the next expert into the OS page cache: reclaimable, not process RSS)
+
+``O`` is the host overhead of the process (interpreter, torch, diffusers, transformers; CUDA adds more on a GPU
+machine). With ``execution="cpu"`` the model runs in host RAM: the accelerator figure is 0 and host RAM is
+``O + max over stages (resident weights + that stage's activations)``.
+
+These are estimates: activation coefficients come from reading the diffusers 0.42.1 Wan code paths, not from GPU
+measurements; the allocator's fragmentation and the CUDA context (~0.5-1 GB) are not included.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, replace
+
+GB = 1e9
+MODES = ("none", "model_offload", "expert_offload", "group_offload", "lazy_experts")
+
+# Activation coefficients (see the module docstring).
+ATTN_BYTES_PER_DIM = (7, 16)  # (times b, plus fp32 bytes)
+VAE_TOP_CHANNELS = 96
+VAE_K_LIVE = 6
+VAE_K_CACHE = 30
+VAE_TILE = 256
+TEXT_LEN = 512
+HOST_OVERHEAD = 0.45 * GB  # Python + torch + diffusers + transformers, measured on the CPU box (docs/memory.md)
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """Sizes the planner needs. Parameter counts are per expert (``num_experts`` = 2 for A14B, 1 for dense)."""
+
+    expert_params: int
+    block_params: int
+    num_layers: int
+    num_experts: int
+    text_encoder_params: int
+    vae_params: int
+    dim: int
+    ffn_dim: int
+    num_heads: int
+    text_encoder_dim: int = 4096
+    text_encoder_ffn: int = 10240
+    text_encoder_block_params: int = 0
+    vae_top_channels: int = VAE_TOP_CHANNELS
+    vae_stride: tuple[int, int] = (4, 8)  # temporal, spatial
+    patch: tuple[int, int, int] = (1, 2, 2)
+    latent_channels: int = 16
+
+    @property
+    def head_dim(self) -> int:
+        return self.dim // self.num_heads
+
+
+# The real Wan 2.2 T2V-A14B (two 14.29B experts, dim 5120, 40 layers, 40 heads; UMT5-XXL 5.68B; Wan 2.1 VAE 127M).
+A14B = ModelSpec(
+    expert_params=14_288_491_584, block_params=351_394_304, num_layers=40, num_experts=2,
+    text_encoder_params=5_680_910_336, text_encoder_block_params=5_680_910_336 // 24, vae_params=126_892_531,
+    dim=5120, ffn_dim=13824, num_heads=40,
+)
+
+
+@dataclass
+class MemoryEstimate:
+    """Predicted peaks (bytes) of one generation in ``mode``, with the stage breakdown they come from."""
+
+    mode: str
+    accelerator_bytes: float
+    host_bytes: float
+    stages: dict = field(default_factory=dict)
+    tokens: int = 0
+
+    @property
+    def accelerator_gb(self) -> float:
+        return self.accelerator_bytes / GB
+
+    @property
+    def host_gb(self) -> float:
+        return self.host_bytes / GB
+
+    def __str__(self) -> str:
+        return (f"{self.mode:15s} accelerator {self.accelerator_gb:7.1f} GB   host RAM {self.host_gb:7.1f} GB   "
+                f"({self.tokens} tokens)")
+
+
+def dit_tokens(spec: ModelSpec, height: int, width: int, num_frames: int, batch: int = 1) -> int:
+    t, s = spec.vae_stride
+    pt, ph, pw = spec.patch
+    return batch * ((num_frames - 1) // t + 1) // pt * (height // s // ph) * (width // s // pw)
+
+
+def dit_activation_bytes(spec: ModelSpec, tokens: int, b: int) -> float:
+    attn = tokens * spec.dim * (ATTN_BYTES_PER_DIM[0] * b + ATTN_BYTES_PER_DIM[1])
+    ffn = tokens * (2 * spec.ffn_dim * b + spec.dim * (3 * b + 8))
+    return max(attn, ffn) + tokens * spec.head_dim * 8
+
+
+def vae_decode_bytes(spec: ModelSpec, height: int, width: int, num_frames: int, b: int, tiling: bool) -> float:
+    h, w = (min(height, VAE_TILE), min(width, VAE_TILE)) if tiling else (height, width)
+    act = spec.vae_top_channels * h * w * b * (VAE_K_LIVE * spec.vae_stride[0] + VAE_K_CACHE)
+    return act + 3 * num_frames * height * width * 4
+
+
+def estimate_memory(
+    spec: ModelSpec,
+    height: int,
+    width: int,
+    num_frames: int,
+    mode: str = "expert_offload",
+    weight_bytes: int = 2,
+    compute_bytes: int | None = None,
+    batch: int = 1,
+    batched_cfg: bool = False,
+    vae_tiling: bool | None = None,
+    prefetch: bool = False,
+    execution: str = "accelerator",
+    host_overhead: float = HOST_OVERHEAD,
+) -> MemoryEstimate:
+    """Peak accelerator memory and host RAM of one call (see the module docstring for every formula).
+
+    Args:
+        spec: model sizes (`A14B`, `spec_from_config`, `spec_from_pipeline`).
+        mode: one of ``none``, ``model_offload``, ``expert_offload``, ``group_offload``, ``lazy_experts``.
+        weight_bytes / compute_bytes: bytes per parameter and per activation element (bf16: 2; fp32: 4).
+        batched_cfg: conditional and unconditional branches in one batch of 2 (doubles DiT activations).
+        vae_tiling: tiled VAE decode (default: on for every mode but ``none``).
+        prefetch: group offload with streams (one more group on the accelerator). The lazy-experts prefetch
+            does not change the process's host RAM (it warms the OS page cache).
+        execution: ``"accelerator"`` or ``"cpu"`` (the model runs in host RAM, as in the CPU benchmark).
+    """
+    if mode not in MODES:
+        raise ValueError(f"Unknown mode {mode!r}; expected one of {MODES}.")
+    b = compute_bytes or weight_bytes
+    tiling = (mode != "none") if vae_tiling is None else vae_tiling
+    tokens = dit_tokens(spec, height, width, num_frames, batch * (2 if batched_cfg else 1))
+    E = spec.expert_params * weight_bytes
+    T = spec.text_encoder_params * weight_bytes
+    V = spec.vae_params * weight_bytes
+    G = spec.block_params * weight_bytes
+    U = (spec.expert_params - spec.num_layers * spec.block_params) * weight_bytes  # embeddings, head, tables
+    act_te = batch * TEXT_LEN * (2 * spec.text_encoder_ffn + 6 * spec.text_encoder_dim) * 4
+    embeds = 2 * batch * TEXT_LEN * spec.dim * b + 2 * batch * TEXT_LEN * spec.text_encoder_dim * 4
+    latents = 4 * batch * spec.latent_channels * dit_tokens(spec, height, width, num_frames, 1) * 4 * 3
+    act_dit = dit_activation_bytes(spec, tokens, b) + embeds + latents
+    act_vae = batch * vae_decode_bytes(spec, height, width, num_frames, b, tiling)
+    all_weights = T + spec.num_experts * E + V
+    moe_resident = spec.num_experts * E
+
+    if mode == "none":
+        stages = {"text": all_weights + act_te, "denoise": all_weights + act_dit, "decode": all_weights + act_vae}
+        host_weights = {"text": all_weights, "denoise": all_weights, "decode": all_weights}
+    elif mode == "model_offload":
+        stages = {"text": T + act_te, "denoise": moe_resident + act_dit, "decode": V + act_vae}
+        host_weights = dict.fromkeys(stages, all_weights)
+    elif mode == "expert_offload":
+        stages = {"text": T + act_te, "denoise": E + act_dit, "decode": V + act_vae}
+        host_weights = dict.fromkeys(stages, all_weights)
+    elif mode == "group_offload":
+        extra = 2 if prefetch else 1
+        # Block-level groups are the *top-level* ModuleLists: UMT5 (blocks under `encoder`) and the VAE have none,
+        # so each is onloaded whole; an expert is onloaded one block (+ its non-block parameters) at a time.
+        stages = {"text": T + act_te, "denoise": extra * G + U + act_dit, "decode": V + act_vae}
+        host_weights = dict.fromkeys(stages, all_weights)
+    else:  # lazy experts (+ per-expert offload)
+        stages = {"text": T + act_te, "denoise": E + act_dit, "decode": V + act_vae}
+        resident = T + V + E  # the prefetch fills the OS page cache (reclaimable), not the process
+        host_weights = dict.fromkeys(stages, resident)
+
+    if execution == "cpu":
+        # One memory: resident host weights plus the activations of the running stage.
+        acts = {"text": act_te, "denoise": act_dit, "decode": act_vae}
+        host = host_overhead + max(host_weights[k] + acts[k] for k in acts)
+        return MemoryEstimate(mode, 0.0, host, {k: host_weights[k] + acts[k] for k in acts}, tokens)
+    host = host_overhead + max(host_weights.values())
+    return MemoryEstimate(mode, max(stages.values()), host, stages, tokens)
+
+
+def estimate_all(spec: ModelSpec, height: int, width: int, num_frames: int, **kwargs) -> list[MemoryEstimate]:
+    """`estimate_memory` for every mode."""
+    return [estimate_memory(spec, height, width, num_frames, mode=m, **kwargs) for m in MODES]
+
+
+def best_mode(spec: ModelSpec, height: int, width: int, num_frames: int, budget_bytes: float, **kwargs):
+    """The first mode (fastest first: none, model, expert, lazy, group) whose accelerator peak fits the budget."""
+    order = ("none", "model_offload", "expert_offload", "lazy_experts", "group_offload")
+    for mode in order:
+        est = estimate_memory(spec, height, width, num_frames, mode=mode, **kwargs)
+        if est.accelerator_bytes <= budget_bytes:
+            return est
+    return None
+
+
+# ---------------------------------------------------------------------------------------------------- specs
+def _count(module) -> int:
+    return sum(p.numel() for p in module.parameters()) if module is not None else 0
+
+
+def spec_from_modules(transformer, text_encoder=None, vae=None, text_encoder_params: int | None = None,
+                      vae_params: int | None = None) -> ModelSpec:
+    """A `ModelSpec` from (possibly ``meta``) modules: a `WanMoETransformer3DModel` or a dense transformer."""
+    from .models.transformer_wan_moe import WanMoETransformer3DModel
+
+    experts = transformer.experts_named() if isinstance(transformer, WanMoETransformer3DModel) else [transformer]
+    expert = experts[0]
+    cfg = transformer.config
+    te_params = text_encoder_params if text_encoder_params is not None else _count(text_encoder)
+    te_cfg = getattr(text_encoder, "config", None)
+    te_blocks = getattr(te_cfg, "num_layers", 24) if te_cfg is not None else 24
+    vae_cfg = getattr(vae, "config", None)
+    return ModelSpec(
+        expert_params=_count(expert),
+        block_params=_count(expert.blocks[0]),
+        num_layers=len(expert.blocks),
+        num_experts=2 if isinstance(transformer, WanMoETransformer3DModel) else 1,
+        text_encoder_params=te_params,
+        text_encoder_block_params=te_params // max(te_blocks, 1),
+        vae_params=vae_params if vae_params is not None else _count(vae),
+        dim=cfg.num_attention_heads * cfg.attention_head_dim,
+        ffn_dim=cfg.ffn_dim,
+        num_heads=cfg.num_attention_heads,
+        text_encoder_dim=getattr(te_cfg, "d_model", 4096) if te_cfg is not None else 4096,
+        text_encoder_ffn=getattr(te_cfg, "d_ff", 10240) if te_cfg is not None else 10240,
+        vae_top_channels=(vae_cfg.base_dim * vae_cfg.dim_mult[0]) if vae_cfg is not None else VAE_TOP_CHANNELS,
+        vae_stride=((vae_cfg.scale_factor_temporal, vae_cfg.scale_factor_spatial) if vae_cfg is not None
+                    else (4, 8)),
+        patch=tuple(cfg.patch_size),
+        latent_channels=cfg.out_channels,
+    )
+
+
+def spec_from_config(transformer_config: dict, text_encoder_params: int = A14B.text_encoder_params,
+                     vae_params: int = A14B.vae_params, moe: bool = True) -> ModelSpec:
+    """A `ModelSpec` from a `WanTransformer3DModel` config: the expert is built on ``meta`` (no memory) to count."""
+    from accelerate import init_empty_weights
+    from diffusers import WanTransformer3DModel
+
+    cfg = {k: v for k, v in dict(transformer_config).items()
+           if not k.startswith("_") and k not in ("boundary_ratio", "num_train_timesteps")}
+    with init_empty_weights(include_buffers=True):
+        expert = WanTransformer3DModel(**cfg)
+    spec = spec_from_modules(expert, text_encoder_params=text_encoder_params, vae_params=vae_params)
+    return replace(spec, num_experts=2 if moe else 1)
+
+
+def spec_from_pipeline(pipe) -> ModelSpec:
+    return spec_from_modules(pipe.transformer, pipe.text_encoder, pipe.vae)
+
+
+def plan_table(spec: ModelSpec, height: int, width: int, num_frames: int, **kwargs) -> str:
+    """A plain-text table of every mode's predicted peaks (used by ``wan22 plan`` and docs/memory.md)."""
+    rows = [f"{'mode':15s} {'accelerator GB':>15s} {'host RAM GB':>12s}"]
+    for est in estimate_all(spec, height, width, num_frames, **kwargs):
+        rows.append(f"{est.mode:15s} {est.accelerator_gb:15.1f} {est.host_gb:12.1f}")
+    return "\n".join(rows)
