@@ -89,6 +89,67 @@ def dit_config_from_official(config_json: Mapping, shapes: Shapes) -> dict:
     )
 
 
+# ------------------------------------------------------------------------------------------ S2V DiT (WanModel_S2V)
+_S2V_TOP = {
+    "cond_encoder": "pose_embedding",
+    "trainable_cond_mask": "token_type_embedding",
+    "frame_packer.proj": "motion_packer.proj_1x",
+    "frame_packer.proj_2x": "motion_packer.proj_2x",
+    "frame_packer.proj_4x": "motion_packer.proj_4x",
+    "casual_audio_encoder.encoder.final_linear": "audio_encoder.final_linear",
+    **{f"casual_audio_encoder.encoder.{c}.conv": f"audio_encoder.{c}"
+       for c in ("conv1_local", "conv1_global", "conv2", "conv3")},
+}
+_S2V_INJECTOR = {"q": "attn.to_q", "k": "attn.to_k", "v": "attn.to_v", "o": "attn.to_out.0",
+                 "norm_q": "attn.norm_q", "norm_k": "attn.norm_k"}
+
+
+def official_s2v_key_to_diffusers(key: str) -> str:
+    """Official `WanModel_S2V` key → `WanS2VTransformer3DModel` key (the Wan backbone keys map as for WanModel)."""
+    if key == "casual_audio_encoder.weights":
+        return "audio_encoder.layer_weights"
+    if key == "casual_audio_encoder.encoder.padding_tokens":
+        return "audio_encoder.padding_tokens"
+    m = re.fullmatch(r"audio_injector\.injector\.(\d+)\.(\w+)" + _PARAM, key)
+    if m and m[2] in _S2V_INJECTOR:
+        return f"audio_injectors.{m[1]}.{_S2V_INJECTOR[m[2]]}.{m[3]}"
+    m = re.fullmatch(r"audio_injector\.injector_adain_layers\.(\d+)\.linear" + _PARAM, key)
+    if m:
+        return f"audio_injectors.{m[1]}.norm.linear.{m[2]}"
+    m = re.fullmatch(r"(.+)" + _PARAM, key)
+    if m and m[1] in _S2V_TOP:
+        return f"{_S2V_TOP[m[1]]}.{m[2]}"
+    try:
+        return official_dit_key_to_diffusers(key)
+    except KeyError:
+        raise KeyError(f"official Wan S2V transformer key {key!r} is not a known WanModel_S2V tensor") from None
+
+
+def s2v_config_from_official(config_json: Mapping, shapes: Shapes) -> dict:
+    """`WanS2VTransformer3DModel` kwargs from an official S2V `config.json` and the tensor shapes."""
+    if config_json.get("enable_motioner") or not config_json.get("enable_framepack", False):
+        raise ValueError("config.json: only the released S2V design (enable_framepack=true, enable_motioner=false) "
+                         f"is supported; got enable_framepack={config_json.get('enable_framepack')}, "
+                         f"enable_motioner={config_json.get('enable_motioner')}.")
+    if config_json.get("enable_adain", False) and config_json.get("adain_mode", "attn_norm") != "attn_norm":
+        raise ValueError(f"config.json: adain_mode={config_json.get('adain_mode')!r} is not supported "
+                         "(the released model uses 'attn_norm').")
+    base = dit_config_from_official(config_json, shapes)
+    base.pop("rope_max_seq_len")
+    return dict(
+        base,
+        pose_channels=int(shapes["cond_encoder.weight"][1]) if "cond_encoder.weight" in shapes else 0,
+        audio_dim=int(shapes["casual_audio_encoder.encoder.conv1_local.conv.weight"][1]),
+        num_audio_layers=int(shapes["casual_audio_encoder.weights"][1]),
+        num_audio_tokens=int(config_json.get("num_audio_token", 4)),
+        audio_inject_layers=[int(i) for i in config_json["audio_inject_layers"]],
+        enable_adain=bool(config_json.get("enable_adain", False)),
+        zero_timestep=bool(config_json.get("zero_timestep", False)),
+        add_last_motion=bool(config_json.get("add_last_motion", True)),
+        framepack_drop_mode=str(config_json.get("framepack_drop_mode", "drop")),
+    )
+
+
 # ------------------------------------------------------------------------------------------ T5 (umt5-xxl encoder)
 _T5_BLOCK = {
     "norm1": "layer.0.layer_norm",
@@ -288,9 +349,9 @@ def _load_mapped(model: torch.nn.Module, state: Mapping[str, torch.Tensor], map_
 
 
 # ------------------------------------------------------------------------------------------ loaders
-def load_official_transformer(folder: str | os.PathLike, torch_dtype: torch.dtype | None = None
-                              ) -> WanTransformer3DModel:
-    """A diffusers `WanTransformer3DModel` from an official DiT folder (config.json + sharded safetensors).
+def load_official_transformer(folder: str | os.PathLike, torch_dtype: torch.dtype | None = None):
+    """A diffusers `WanTransformer3DModel` (or, for S2V, `WanS2VTransformer3DModel`) from an official DiT folder
+    (config.json + sharded safetensors).
 
     ``torch_dtype=None`` keeps the checkpoint's dtype; otherwise every floating tensor is cast to it.
     """
@@ -299,15 +360,25 @@ def load_official_transformer(folder: str | os.PathLike, torch_dtype: torch.dtyp
     if not cfg_path.exists():
         raise FileNotFoundError(f"Missing {cfg_path}.")
     files = read_safetensors_folder(folder)
-    config = dit_config_from_official(json.loads(cfg_path.read_text()), {k: v[1] for k, v in files.items()})
+    model_cls, make_config, map_key = official_transformer_kind(json.loads(cfg_path.read_text()))
+    config = make_config(json.loads(cfg_path.read_text()), {k: v[1] for k, v in files.items()})
     state = {}
     for path in sorted({v[0] for v in files.values()}):
         with safe_open(str(path), framework="pt") as f:
             state.update({k: f.get_tensor(k) for k in f.keys()})
     with init_empty_weights():
-        model = WanTransformer3DModel(**config)
-    _load_mapped(model, state, official_dit_key_to_diffusers, str(folder), torch_dtype)
+        model = model_cls(**config)
+    _load_mapped(model, state, map_key, str(folder), torch_dtype)
     return model.eval()
+
+
+def official_transformer_kind(config_json: Mapping):
+    """(model class, config builder, key map) for an official DiT `config.json` (WanModel or WanModel_S2V)."""
+    if config_json.get("model_type") == "s2v":
+        from ..models.transformer_wan_s2v import WanS2VTransformer3DModel
+
+        return WanS2VTransformer3DModel, s2v_config_from_official, official_s2v_key_to_diffusers
+    return WanTransformer3DModel, dit_config_from_official, official_dit_key_to_diffusers
 
 
 def load_official_t5(pth_path: str | os.PathLike, torch_dtype: torch.dtype | None = None):
