@@ -95,6 +95,9 @@ def load_official_components(
     root = Path(ckpt_dir)
     variant = variant or detect_official_variant(root)
     defaults = get_variant(variant)
+    from .checkpoint_checks import check_official_folder
+
+    check_official_folder(root, variant)  # every file present and well-formed before the first tensor is read
     vae_path = _require(root / VAE_FILES[defaults.vae_version], f"VAE {defaults.vae_version}")
     if defaults.boundary_ratio is not None:
         high, low = (

@@ -19,6 +19,8 @@ from accelerate import init_empty_weights
 from diffusers import AutoencoderKLWan, WanTransformer3DModel
 from safetensors import safe_open
 
+from ..checkpoint_checks import check_dit_shapes, read_official_dit_config, torch_load_error
+
 # Official Wan 2.2 VAE latent normalisation (48 channels); the 16 Wan 2.1 values are AutoencoderKLWan's defaults.
 WAN22_VAE_LATENTS_MEAN = [
     -0.2289, -0.0052, -0.1323, -0.2339, -0.2799, 0.0174, 0.1838, 0.1557, -0.1382, 0.0542, 0.2813, 0.0891, 0.157,
@@ -308,7 +310,7 @@ def read_safetensors_folder(folder: str | os.PathLike) -> dict[str, tuple[Path, 
                 for key in f.keys():
                     sl = f.get_slice(key)
                     out[key] = (path, tuple(sl.get_shape()), sl.get_dtype())
-        except (OSError, RuntimeError, ValueError) as e:
+        except Exception as e:  # noqa: BLE001 - SafetensorError (e.g. a truncated file) is none of OSError/ValueError
             raise ValueError(f"{path}: not a readable safetensors file ({e})") from None
     return out
 
@@ -318,7 +320,7 @@ def load_pth_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
     try:
         state = torch.load(path, map_location="cpu", mmap=True, weights_only=True)
     except Exception as e:  # noqa: BLE001 - torch raises several types for bad or unsafe files
-        raise ValueError(f"{path}: refused or unreadable as a weights-only tensor file ({e})") from None
+        raise torch_load_error(path, e) from None  # names the file; says so when it holds pickled code
     if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
         raise ValueError(f"{path}: expected a dict of tensors (a state dict).")
     return state
@@ -360,8 +362,9 @@ def load_official_transformer(folder: str | os.PathLike, torch_dtype: torch.dtyp
     if not cfg_path.exists():
         raise FileNotFoundError(f"Missing {cfg_path}.")
     files = read_safetensors_folder(folder)
-    model_cls, make_config, map_key = official_transformer_kind(json.loads(cfg_path.read_text()))
+    model_cls, make_config, map_key = official_transformer_kind(read_official_dit_config(cfg_path))
     config = make_config(json.loads(cfg_path.read_text()), {k: v[1] for k, v in files.items()})
+    check_dit_shapes(model_cls, config, files, map_key, cfg_path)  # names the shard of a bad tensor, reads none
     state = {}
     for path in sorted({v[0] for v in files.values()}):
         with safe_open(str(path), framework="pt") as f:

@@ -1,0 +1,246 @@
+"""Checks that turn a broken or unsafe checkpoint into one clear error before weights are read or written.
+
+Used by the official loader (`loading.load_official_components`, `conversion.official`) and by `wan22 convert`.
+Every error names the file and says what is wrong with it; see docs/reliability.md for the list.
+
+* `check_official_folder`: every file an official folder needs is there and well-formed (configs, safetensors
+  headers, index vs shards, tokenizer, T5, VAE) — before the first tensor is read.
+* `read_official_dit_config`: an official DiT `config.json`, checked field by field. Unknown fields are ignored with
+  a warning, as diffusers' `ConfigMixin` does for `from_pretrained`; unsupported values of known fields are errors.
+* `check_dit_shapes` / `check_tensors_fit_model`: the checkpoint's tensors against the model its config describes
+  (built on the meta device), naming the shard of every missing, extra or mis-shaped tensor.
+* `torch_load_error`: a readable error for a `.pth` that `torch.load(weights_only=True)` refused (pickled code)
+  or could not read (truncated, not a torch zip archive).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import pickle
+import re
+from pathlib import Path
+from typing import Callable, Iterable, Mapping
+
+logger = logging.getLogger(__name__)
+
+# Arguments of the official `WanModel.__init__` (wan/modules/model.py) plus the bookkeeping keys of its config.json.
+OFFICIAL_DIT_FIELDS = frozenset({
+    "_class_name", "_diffusers_version", "model_type", "patch_size", "text_len", "in_dim", "dim", "ffn_dim",
+    "freq_dim", "text_dim", "out_dim", "num_heads", "num_layers", "window_size", "qk_norm", "cross_attn_norm", "eps",
+})
+# Extra arguments of the official `WanModel_S2V`.
+OFFICIAL_S2V_FIELDS = frozenset({
+    "adain_mode", "add_last_motion", "audio_dim", "audio_inject_layers", "cond_dim", "enable_adain",
+    "enable_framepack", "enable_motioner", "enable_tsm", "framepack_drop_mode", "motion_token_num",
+    "num_audio_token", "trainable_token_pos_emb", "zero_init", "zero_timestep", "motioner_dim", "motion_frames",
+})
+REQUIRED_DIT_FIELDS = ("dim", "num_heads", "num_layers", "ffn_dim", "in_dim", "out_dim")
+# Known fields whose other values would change the architecture in ways this package does not implement.
+SUPPORTED_DIT_VALUES = {"patch_size": [1, 2, 2], "window_size": [-1, -1], "qk_norm": True, "cross_attn_norm": True}
+TOKENIZER_FILES = ("tokenizer.json", "spiece.model")  # either is enough to build the umt5 tokenizer
+_IN_DIM_KIND = {16: "t2v-A14B", 36: "i2v-A14B", 48: "ti2v-5B"}
+
+
+# ------------------------------------------------------------------------------------------------ small files
+def read_json_object(path: str | os.PathLike) -> dict:
+    """A JSON file that must hold an object; errors name the file."""
+    path = Path(path)
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise FileNotFoundError(f"Missing {path}.") from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise ValueError(f"{path} is not valid JSON ({e}).") from None
+    if not isinstance(data, dict):
+        raise ValueError(f"{path} must hold a JSON object, found {type(data).__name__}.")
+    return data
+
+
+def _positive_int(value) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value > 0
+
+
+def read_official_dit_config(path: str | os.PathLike) -> dict:
+    """The `config.json` of an official DiT folder, checked; returns it unchanged.
+
+    Required: positive integers ``dim``, ``num_heads`` (dividing ``dim``), ``num_layers``, ``ffn_dim``, ``in_dim``,
+    ``out_dim``. Known fields with values this package does not implement (``patch_size``, ``window_size``,
+    ``qk_norm``, ``cross_attn_norm``) are errors. Unknown fields are ignored with a warning naming them, like
+    diffusers does for a component's config.json, so a newer official config still loads.
+    """
+    path = Path(path)
+    cfg = read_json_object(path)
+    missing = [k for k in REQUIRED_DIT_FIELDS if k not in cfg]
+    if missing:
+        raise ValueError(f"{path}: required field(s) {missing} missing; an official Wan 2.2 DiT config.json has "
+                         f"{list(REQUIRED_DIT_FIELDS)}.")
+    for key in REQUIRED_DIT_FIELDS:
+        if not _positive_int(cfg[key]):
+            raise ValueError(f"{path}: {key}={cfg[key]!r} must be a positive integer.")
+    if cfg["dim"] % cfg["num_heads"]:
+        raise ValueError(f"{path}: dim={cfg['dim']} is not divisible by num_heads={cfg['num_heads']}.")
+    if "freq_dim" in cfg and not (_positive_int(cfg["freq_dim"]) and cfg["freq_dim"] % 2 == 0):
+        raise ValueError(f"{path}: freq_dim={cfg['freq_dim']!r} must be a positive even integer.")
+    if "eps" in cfg and not (isinstance(cfg["eps"], (int, float)) and not isinstance(cfg["eps"], bool)
+                             and 0 < cfg["eps"] < 1):
+        raise ValueError(f"{path}: eps={cfg['eps']!r} must be a number in (0, 1).")
+    for key, supported in SUPPORTED_DIT_VALUES.items():
+        value = cfg.get(key, supported)
+        if (list(value) if isinstance(value, (list, tuple)) else value) != supported:
+            raise ValueError(f"{path}: {key}={value!r} is not supported (Wan 2.2 uses {supported!r}).")
+    known = OFFICIAL_DIT_FIELDS | (OFFICIAL_S2V_FIELDS if cfg.get("model_type") == "s2v" else frozenset())
+    unknown = sorted(k for k in cfg if k not in known)
+    if unknown:
+        logger.warning("%s: ignoring unknown config field(s) %s (not arguments of the official WanModel); "
+                       "the model is built from the known fields and the tensor shapes.", path, unknown)
+    return cfg
+
+
+def check_tokenizer_folder(folder: str | os.PathLike) -> None:
+    """The official `google/umt5-xxl/` tokenizer folder exists and holds a tokenizer file."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise FileNotFoundError(f"Missing tokenizer folder {folder} (the official google/umt5-xxl tokenizer).")
+    if not any((folder / name).is_file() for name in TOKENIZER_FILES):
+        found = sorted(p.name for p in folder.iterdir())[:12]
+        raise FileNotFoundError(f"Tokenizer folder {folder} has none of {list(TOKENIZER_FILES)}; found {found}.")
+
+
+def _require_file(path: Path, what: str) -> None:
+    if not path.is_file():
+        raise FileNotFoundError(f"Missing {what}: {path}.")
+
+
+# ------------------------------------------------------------------------------------------------ safetensors
+def safetensors_shards(folder: str | os.PathLike, index_name: str = "diffusion_pytorch_model.safetensors.index.json"
+                       ) -> dict[Path, list[str]]:
+    """shard → tensor keys of a (sharded) safetensors folder, reading headers only.
+
+    Every shard listed in the index must exist and be a complete safetensors file (truncation, a cut header or
+    junk are caught here: safetensors checks that the header covers the file exactly), and every tensor the index
+    places in a shard must be in it.
+    """
+    from safetensors import safe_open
+
+    folder = Path(folder)
+    index = folder / index_name
+    weight_map = None
+    if index.exists():
+        weight_map = read_json_object(index).get("weight_map")
+        if not isinstance(weight_map, dict) or not all(isinstance(v, str) for v in weight_map.values()):
+            raise ValueError(f"{index}: 'weight_map' must map tensor names to shard file names.")
+        files = sorted({folder / name for name in weight_map.values()})
+        missing = [f.name for f in files if not f.is_file()]
+        if missing:
+            raise FileNotFoundError(f"{index} lists shard(s) {missing}, missing from {folder}.")
+    else:
+        files = sorted(folder.glob("*.safetensors"))
+    if not files:
+        raise FileNotFoundError(f"No safetensors weights in {folder}.")
+    shards = {}
+    for path in files:
+        try:
+            with safe_open(str(path), framework="pt") as f:
+                shards[path] = list(f.keys())
+        except Exception as e:  # noqa: BLE001 - SafetensorError is not an OSError/ValueError
+            raise ValueError(f"{path}: not a complete safetensors file ({e}); it is truncated or corrupt, "
+                             "download it again.") from None
+    if weight_map is not None:
+        for key, name in weight_map.items():
+            if key not in shards[folder / name]:
+                raise ValueError(f"{index} places tensor {key!r} in {name}, but that shard does not contain it "
+                                 "(a shard from another checkpoint or an interrupted download?).")
+    return shards
+
+
+# ------------------------------------------------------------------------------------------------ whole folder
+def check_dit_folder(folder: Path, what: str) -> None:
+    """An official DiT folder: present, a valid config.json, complete shards consistent with their index."""
+    if not folder.is_dir():
+        raise FileNotFoundError(f"Missing {what} folder: {folder}.")
+    read_official_dit_config(folder / "config.json")
+    safetensors_shards(folder)
+
+
+def check_official_folder(root: str | os.PathLike, variant: str) -> None:
+    """Everything an official ``variant`` folder needs is present and well-formed, before any tensor is read.
+
+    Checks the DiT folder(s) (`check_dit_folder`), the T5 `.pth`, the VAE `.pth` of the variant's VAE version and
+    the tokenizer folder. Raises FileNotFoundError / ValueError naming the file.
+    """
+    from .configs import get_variant
+    from .loading import EXPERT_DIRS, T5_FILE, TOKENIZER_DIR, VAE_FILES
+
+    root = Path(root)
+    defaults = get_variant(variant)
+    if defaults.boundary_ratio is not None:
+        for k in ("high", "low"):
+            check_dit_folder(root / EXPERT_DIRS[k], f"{k}-noise expert")
+    else:
+        check_dit_folder(root, "DiT")
+    _require_file(root / T5_FILE, "T5 text encoder (umt5-xxl)")
+    _require_file(root / VAE_FILES[defaults.vae_version], f"Wan {defaults.vae_version} VAE")
+    check_tokenizer_folder(root / TOKENIZER_DIR)
+
+
+# ------------------------------------------------------------------------------------------------ tensors vs model
+def check_tensors_fit_model(model, tensors: Mapping[str, tuple[tuple[int, ...], str]], source: str,
+                            tied: Iterable[str] = ()) -> None:
+    """``tensors`` (model key → (shape, where it comes from)) are exactly what ``model`` (on meta) holds.
+
+    ``where`` names the file (and the source key); ``source`` names the component for missing tensors.
+    """
+    expected = {k: tuple(v.shape) for k, v in model.state_dict().items()}
+    missing = sorted(set(expected) - set(tensors) - set(tied))
+    if missing:
+        raise ValueError(f"{source}: {len(missing)} tensor(s) missing, e.g. {missing[:3]} (incomplete or "
+                         "mismatched checkpoint).")
+    for key, (shape, where) in tensors.items():
+        if key not in expected:
+            raise ValueError(f"{where}: tensor {key!r} has no place in the model {source} describes.")
+        if tuple(shape) != expected[key]:
+            hint = ""
+            if key.endswith("patch_embedding.weight") and len(shape) > 1 and shape[1] in _IN_DIM_KIND:
+                hint = (f"; in_dim {shape[1]} is what {_IN_DIM_KIND[shape[1]]} transformers take, the config says "
+                        f"in_dim {expected[key][1]}")
+            raise ValueError(f"{where}: tensor {key!r} has shape {tuple(shape)}, the model expects "
+                             f"{expected[key]} ({source}){hint}.")
+
+
+def check_dit_shapes(model_cls, config: dict, files: Mapping[str, tuple[Path, tuple[int, ...], str]],
+                     map_key: Callable[[str], str], config_path: str | os.PathLike) -> None:
+    """An official DiT's tensors (official key → (file, shape, dtype), from `read_safetensors_folder`) fit the
+    ``model_cls(**config)`` they will be loaded into (built on meta), before any tensor is read."""
+    from accelerate import init_empty_weights
+
+    with init_empty_weights():
+        model = model_cls(**config)
+    mapped = {}
+    for key, (path, shape, _) in files.items():
+        try:
+            mapped[map_key(key)] = (shape, f"{path} [{key}]")
+        except KeyError as e:
+            raise ValueError(f"{path}: {e.args[0]}.") from None
+    check_tensors_fit_model(model, mapped, f"as configured by {config_path}")
+
+
+# ------------------------------------------------------------------------------------------------ .pth
+def torch_load_error(path: str | os.PathLike, exc: BaseException) -> Exception:
+    """The error to raise when ``torch.load(path, weights_only=True)`` failed with ``exc``."""
+    if isinstance(exc, FileNotFoundError):
+        return FileNotFoundError(f"Missing {path}.")
+    text = re.sub(r"\x1b\[[0-9;]*m", "", str(exc))
+    if isinstance(exc, pickle.UnpicklingError):
+        m = re.search(r"unsupported GLOBAL (\S+)|Unsupported global: GLOBAL (\S+)", text)
+        what = f"a pickled reference to `{m[1] or m[2]}`" if m else "pickled Python objects"
+        return ValueError(
+            f"{path}: refused: the file contains {what}, not only tensors, and unpickling it could run arbitrary "
+            "code. It was opened with torch.load(weights_only=True), so nothing in it ran. Official Wan 2.2 .pth "
+            "files hold only tensors: download this one again from the official source."
+        )
+    first = next((line.strip() for line in text.splitlines() if line.strip()), type(exc).__name__)
+    first = re.split(r"(?<=\.)\s", first)[0][:200]  # torch adds paragraphs of advice; keep the diagnosis
+    return ValueError(f"{path}: not a readable PyTorch tensor file ({first}); it may be truncated or corrupt, "
+                      "download it again.")
