@@ -9,13 +9,20 @@ from diffusers import DiffusionPipeline, ModelMixin, SchedulerMixin  # noqa: F40
 
 from ._registry import register
 from .configs import DEFAULT_NEGATIVE_PROMPT, VARIANTS, get_variant
-from .models import WanMoETransformer3DModel
-from .pipelines import Wan22ImageToVideoPipeline, Wan22Pipeline, Wan22PipelineOutput
+from .models import WanMoETransformer3DModel, WanS2VTransformer3DModel
+from .pipelines import (
+    Wan22ImageToVideoPipeline,
+    Wan22Pipeline,
+    Wan22PipelineOutput,
+    Wan22SpeechToVideoPipeline,
+    Wan22SpeechToVideoPipelineOutput,
+)
 from .scheduling import plan_experts, set_official_timesteps
 
 __version__ = "0.1.0"
 
-register(WanMoETransformer3DModel, pipelines=(Wan22Pipeline, Wan22ImageToVideoPipeline))
+register(WanMoETransformer3DModel, WanS2VTransformer3DModel,
+         pipelines=(Wan22Pipeline, Wan22ImageToVideoPipeline, Wan22SpeechToVideoPipeline))
 
 __all__ = [
     "DEFAULT_NEGATIVE_PROMPT",
@@ -23,7 +30,10 @@ __all__ = [
     "Wan22ImageToVideoPipeline",
     "Wan22Pipeline",
     "Wan22PipelineOutput",
+    "Wan22SpeechToVideoPipeline",
+    "Wan22SpeechToVideoPipelineOutput",
     "WanMoETransformer3DModel",
+    "WanS2VTransformer3DModel",
     "get_variant",
     "plan_experts",
     "set_official_timesteps",

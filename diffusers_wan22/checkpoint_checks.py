@@ -167,8 +167,9 @@ def check_dit_folder(folder: Path, what: str) -> None:
 def check_official_folder(root: str | os.PathLike, variant: str) -> None:
     """Everything an official ``variant`` folder needs is present and well-formed, before any tensor is read.
 
-    Checks the DiT folder(s) (`check_dit_folder`), the T5 `.pth`, the VAE `.pth` of the variant's VAE version and
-    the tokenizer folder. Raises FileNotFoundError / ValueError naming the file.
+    Checks the DiT folder(s) (`check_dit_folder`), the tokenizer folder, the T5 `.pth` (`check_t5_state`) and the
+    VAE `.pth` of the variant's VAE version (`check_vae_state`). Raises FileNotFoundError / ValueError naming the
+    file.
     """
     from .configs import get_variant
     from .loading import EXPERT_DIRS, T5_FILE, TOKENIZER_DIR, VAE_FILES
@@ -180,9 +181,14 @@ def check_official_folder(root: str | os.PathLike, variant: str) -> None:
             check_dit_folder(root / EXPERT_DIRS[k], f"{k}-noise expert")
     else:
         check_dit_folder(root, "DiT")
-    _require_file(root / T5_FILE, "T5 text encoder (umt5-xxl)")
-    _require_file(root / VAE_FILES[defaults.vae_version], f"Wan {defaults.vae_version} VAE")
     check_tokenizer_folder(root / TOKENIZER_DIR)
+    # Memory-mapped, so only the pickled index is read; a file with pickled code is refused here, before minutes of
+    # transformer loading, and a VAE of the wrong version is caught before it meets the transformer.
+    _require_file(root / T5_FILE, "T5 text encoder (umt5-xxl)")
+    check_t5_state(load_pth_weights_only(root / T5_FILE), root / T5_FILE)
+    vae_path = root / VAE_FILES[defaults.vae_version]
+    _require_file(vae_path, f"Wan {defaults.vae_version} VAE")
+    check_vae_state(load_pth_weights_only(vae_path), vae_path, defaults.vae_version, variant)
 
 
 # ------------------------------------------------------------------------------------------------ tensors vs model
@@ -244,3 +250,45 @@ def torch_load_error(path: str | os.PathLike, exc: BaseException) -> Exception:
     first = re.split(r"(?<=\.)\s", first)[0][:200]  # torch adds paragraphs of advice; keep the diagnosis
     return ValueError(f"{path}: not a readable PyTorch tensor file ({first}); it may be truncated or corrupt, "
                       "download it again.")
+
+
+def load_pth_weights_only(path: str | os.PathLike) -> dict:
+    """A `.pth` state dict, memory-mapped and with ``weights_only=True`` (pickled code is refused, never run)."""
+    import torch
+
+    try:
+        state = torch.load(path, map_location="cpu", mmap=True, weights_only=True)
+    except Exception as e:  # noqa: BLE001 - torch raises several types for bad or unsafe files
+        raise torch_load_error(path, e) from None
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise ValueError(f"{path}: expected a dict of tensors (a state dict), found {type(state).__name__}.")
+    return state
+
+
+_T5_REQUIRED = ("token_embedding.weight", "norm.weight", "blocks.0.pos_embedding.embedding.weight",
+                "blocks.0.attn.q.weight", "blocks.0.ffn.fc1.weight")
+_VAE_REQUIRED = ("encoder.conv1.weight", "conv2.weight", "decoder.head.2.weight")
+
+
+def _require_keys(state: Mapping, required: Iterable[str], path, what: str) -> None:
+    missing = [k for k in required if k not in state]
+    if missing:
+        found = sorted(state)[:3]
+        raise ValueError(f"{path}: not {what}: tensor(s) {missing} missing (the file holds {len(state)} tensors, "
+                         f"e.g. {found}).")
+
+
+def check_t5_state(state: Mapping, path) -> None:
+    """``state`` (official key → tensor) looks like the official umt5-xxl encoder `.pth`."""
+    _require_keys(state, _T5_REQUIRED, path, "an official umt5-xxl encoder state dict")
+
+
+def check_vae_state(state: Mapping, path, version: str | None = None, variant: str | None = None) -> None:
+    """``state`` looks like an official Wan VAE `.pth` (of ``version`` "2.1"/"2.2" when given)."""
+    from .conversion.official import detect_vae_version
+
+    _require_keys(state, _VAE_REQUIRED, path, "an official Wan VAE state dict")
+    found = detect_vae_version({k: tuple(v.shape) for k, v in state.items()})
+    if version is not None and found != version:
+        needed = f"{variant} needs" if variant else "expected"
+        raise ValueError(f"{path}: holds a Wan {found} VAE; {needed} the Wan {version} VAE.")

@@ -15,6 +15,12 @@ DEFAULT_NEGATIVE_PROMPT = (
     "三条腿，背景人很多，倒着走"
 )
 
+# S2V-14B has its own negative prompt (face/hand artefacts, static frames, jitter).
+S2V_NEGATIVE_PROMPT = (
+    "画面模糊，最差质量，画面模糊，细节模糊不清，情绪激动剧烈，手快速抖动，字幕，丑陋的，残缺的，多余的手指，画得不好的手部，"
+    "画得不好的脸部，畸形的，毁容的，形态畸形的肢体，手指融合，静止不动的画面，杂乱的背景，三条腿，背景人很多，倒着走"
+)
+
 NUM_TRAIN_TIMESTEPS = 1000
 TEXT_LEN = 512
 
@@ -56,6 +62,13 @@ VARIANTS: dict[str, VariantDefaults] = {
         name="ti2v-5B", sample_shift=5.0, sample_steps=50, guidance_scale=5.0, guidance_scale_2=None,
         boundary_ratio=None, fps=24, num_frames=121, height=704, width=1280, vae_version="2.2",
         supported_sizes=((1280, 704), (704, 1280)),
+    ),
+    # S2V: num_frames is frames per clip (`--infer_frames`); width x height is the area budget (`--size 1024*704`),
+    # the actual size follows the reference image's aspect ratio.
+    "s2v-14B": VariantDefaults(
+        name="s2v-14B", sample_shift=3.0, sample_steps=40, guidance_scale=4.5, guidance_scale_2=None,
+        boundary_ratio=None, fps=16, num_frames=80, height=704, width=1024, vae_version="2.1",
+        supported_sizes=((1024, 704), (704, 1024)), negative_prompt=S2V_NEGATIVE_PROMPT,
     ),
 }
 

@@ -84,3 +84,87 @@ def ti2v_image(image: PIL.Image.Image, width: int, height: int) -> torch.Tensor:
     resized = image.resize((round(image.width * scale), round(image.height * scale)), PIL.Image.LANCZOS)
     left, top = (resized.width - width) // 2, (resized.height - height) // 2
     return pil_to_unit_range(resized.crop((left, top, left + width, top + height)))
+
+
+def s2v_size(width: int, height: int, max_area: int, divisor: int = 64) -> tuple[int, int]:
+    """(width, height) for S2V: the reference image scaled down until its size, padded up to multiples of
+    ``divisor``, fits in ``max_area`` pixels (the official search over 100 scales from the area-filling one down)."""
+    if max_area < divisor * divisor:
+        raise ValueError(f"`max_area` must be at least {divisor}x{divisor}={divisor * divisor} pixels; got {max_area}.")
+    if height * width <= max_area:
+        lo, hi = 0.1, 1.0
+    else:
+        # Smallest scale worth trying: the one at which even maximal padding (divisor - 1 per side) fits.
+        d = divisor - 1
+        a, b, c = height * width, d * (height + width), d * d - max_area
+        lo, hi = (-b + math.sqrt(b * b - 2 * a * c)) / (2 * a), math.sqrt(max_area / (height * width))
+    for i in range(100):
+        scale = hi - (hi - lo) * i / 100
+        h = math.ceil(int(height * scale) / divisor) * divisor
+        w = math.ceil(int(width * scale) / divisor) * divisor
+        if h * w <= max_area:
+            return w, h
+    aspect = width / height
+    w = int((max_area * aspect) ** 0.5 // divisor * divisor)
+    h = int((max_area / aspect) ** 0.5 // divisor * divisor)
+    if w >= width or h >= height:
+        w, h = int(width // divisor * divisor), int(height // divisor * divisor)
+    return w, h
+
+
+def s2v_image(image: PIL.Image.Image, width: int, height: int) -> torch.Tensor:
+    """``[3, H, W]`` in [-1, 1]: shorter side resized (bilinear) to ``min(height, width)``, then center-cropped
+    (zero-padded where the crop is larger than the image), as the official S2V preprocessing does."""
+    short = min(height, width)
+    w0, h0 = image.size
+    if w0 <= h0:
+        size = (short, int(short * h0 / w0))
+    else:
+        size = (int(short * w0 / h0), short)
+    pixels = np.asarray(image.convert("RGB").resize(size, PIL.Image.BILINEAR), dtype=np.uint8).copy()
+    resized = torch.from_numpy(pixels).permute(2, 0, 1).float() / 255.0
+    pad_w, pad_h = max(width - size[0], 0), max(height - size[1], 0)
+    if pad_w or pad_h:
+        resized = F.pad(resized, (pad_w // 2, pad_w - pad_w // 2, pad_h // 2, pad_h - pad_h // 2))
+    top = int(round((resized.shape[1] - height) / 2.0))
+    left = int(round((resized.shape[2] - width) / 2.0))
+    return resized[:, top:top + height, left:left + width] * 2 - 1
+
+
+def _read_video_frames(video, count: int, fps: int) -> np.ndarray:
+    """Up to ``count`` frames ``[N, H, W, 3]`` uint8 from the start of a video file sampled at ``fps`` (or from a
+    list/array of frames, taken as already at ``fps``)."""
+    if isinstance(video, (str, bytes)) or hasattr(video, "__fspath__"):
+        import imageio.v2 as imageio
+
+        reader = imageio.get_reader(str(video), "ffmpeg")
+        try:
+            step = max(1, round(float(reader.get_meta_data().get("fps", fps)) / fps))
+            frames = [f for i, f in enumerate(reader) if i % step == 0 and i // step < count]
+        finally:
+            reader.close()
+    else:
+        frames = [np.asarray(to_pil(f)) for f in list(video)[:count]]
+    if not frames:
+        raise ValueError("`pose_video` has no frames.")
+    return np.stack(frames[:count])
+
+
+def s2v_pose_frames(video, count: int, width: int, height: int, fps: int) -> torch.Tensor:
+    """``[3, count, H, W]`` pose frames in [-1, 1]: shorter side resized (antialiased bilinear) to
+    ``min(height, width)``, center-cropped, and padded at the end with -1 frames (no pose) up to ``count``."""
+    frames = torch.from_numpy(_read_video_frames(video, count, fps)).permute(0, 3, 1, 2).float() / 255.0 * 2 - 1
+    short = min(height, width)
+    h0, w0 = frames.shape[-2:]
+    size = (int(short * h0 / w0), short) if w0 <= h0 else (short, int(short * w0 / h0))
+    frames = F.interpolate(frames, size=size, mode="bilinear", align_corners=False, antialias=True)
+    pad_h, pad_w = max(height - size[0], 0), max(width - size[1], 0)
+    if pad_h or pad_w:
+        frames = F.pad(frames, (pad_w // 2, pad_w - pad_w // 2, pad_h // 2, pad_h - pad_h // 2))
+    top = int(round((frames.shape[-2] - height) / 2.0))
+    left = int(round((frames.shape[-1] - width) / 2.0))
+    frames = frames[..., top:top + height, left:left + width]
+    missing = count - frames.shape[0]
+    if missing > 0:
+        frames = torch.cat([frames, -torch.ones(missing, 3, height, width)])
+    return frames.permute(1, 0, 2, 3)

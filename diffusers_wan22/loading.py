@@ -14,6 +14,7 @@ from .configs import get_variant
 T5_FILE = "models_t5_umt5-xxl-enc-bf16.pth"
 TOKENIZER_DIR = os.path.join("google", "umt5-xxl")
 VAE_FILES = {"2.1": "Wan2.1_VAE.pth", "2.2": "Wan2.2_VAE.pth"}
+WAV2VEC_DIR = "wav2vec2-large-xlsr-53-english"
 EXPERT_DIRS = {"high": "high_noise_model", "low": "low_noise_model"}
 OFFICIAL_DIT_CHANNELS = {16: "t2v", 36: "i2v", 48: "ti2v"}
 
@@ -47,7 +48,7 @@ def detect_official_variant(ckpt_dir: str | os.PathLike) -> str:
     root_cfg = root / "config.json"
     if root_cfg.exists():
         cfg = _read_json(root_cfg)
-        if cfg.get("model_type") == "s2v" or (root / "wav2vec2-large-xlsr-53-english").is_dir():
+        if cfg.get("model_type") == "s2v" or (root / WAV2VEC_DIR).is_dir():
             return "s2v-14B"
         if cfg.get("model_type") == "ti2v" or cfg.get("in_dim") == 48:
             return "ti2v-5B"
@@ -107,11 +108,25 @@ def load_official_components(
         transformer = WanMoETransformer3DModel.from_experts(high, low, boundary_ratio=defaults.boundary_ratio)
     else:
         transformer = load_official_transformer(root, torch_dtype=torch_dtype)
-    return dict(
+    components = dict(
         **load_official_text_stack(root, torch_dtype),
         transformer=transformer,
         vae=load_official_vae(vae_path, torch_dtype=torch_dtype),
         scheduler=official_scheduler(variant),
+    )
+    if variant == "s2v-14B":
+        components.update(load_official_audio_stack(root, torch_dtype))
+    return components
+
+
+def load_official_audio_stack(ckpt_dir: str | os.PathLike, torch_dtype: torch.dtype | None = None) -> dict:
+    """The wav2vec2 model (`Wav2Vec2ForCTC`, as the official code loads it) and its feature extractor."""
+    from transformers import Wav2Vec2FeatureExtractor, Wav2Vec2ForCTC
+
+    folder = _require(Path(ckpt_dir) / WAV2VEC_DIR, "wav2vec2 audio encoder folder")
+    return dict(
+        audio_encoder=Wav2Vec2ForCTC.from_pretrained(str(folder), torch_dtype=torch_dtype or torch.float32).eval(),
+        audio_processor=Wav2Vec2FeatureExtractor.from_pretrained(str(folder)),
     )
 
 

@@ -31,6 +31,7 @@ from typing import Callable, Iterable, Iterator
 import torch
 from safetensors import safe_open
 
+from ..checkpoint_checks import check_official_folder, check_tensors_fit_model, read_official_dit_config, torch_load_error
 from ..configs import get_variant
 from ..loading import EXPERT_DIRS, T5_FILE, TOKENIZER_DIR, VAE_FILES, detect_official_variant, official_scheduler
 
@@ -54,7 +55,7 @@ def _load_pth(path: Path) -> dict:
     try:  # memory-mapped, and never unrestricted pickle
         state = torch.load(path, map_location="cpu", mmap=True, weights_only=True)
     except Exception as e:  # noqa: BLE001 - report which file and why, whatever torch raised
-        raise ValueError(f"{path}: cannot be read as a tensor file with weights_only=True ({e})") from None
+        raise torch_load_error(path, e) from None  # names the file; says so when it holds pickled code
     if not isinstance(state, dict):
         raise ValueError(f"{path}: expected a state dict, found {type(state).__name__}.")
     return state
@@ -212,6 +213,9 @@ class ComponentPlan:
     weights_name: str
     refs: list[TensorRef] = field(default_factory=list)
     write_config: Callable[[Path], None] | None = None
+    model: Callable[[], torch.nn.Module] | None = None  # built on meta: the tensors must fit it exactly
+    tied: tuple[str, ...] = ()  # model keys the checkpoint does not store (tied weights)
+    model_source: str = ""  # where the model's configuration comes from, for error messages
 
 
 def _mapped_refs(reader: TensorReader, files: Iterable[Path], map_key: Callable[[str], str], prefix: str = ""):
@@ -227,6 +231,23 @@ def _mapped_refs(reader: TensorReader, files: Iterable[Path], map_key: Callable[
 
 def _shapes(reader: TensorReader, refs: list[TensorRef]) -> dict[str, tuple[int, ...]]:
     return {r.key: reader.shape(r) for r in refs}
+
+
+def _meta_model(model_cls, config) -> Callable[[], torch.nn.Module]:
+    def build() -> torch.nn.Module:
+        from accelerate import init_empty_weights
+
+        with init_empty_weights():
+            return model_cls(**config) if isinstance(config, dict) else model_cls(config)
+
+    return build
+
+
+def check_plan(plan: ComponentPlan, reader: TensorReader) -> None:
+    """Every tensor of ``plan`` has its place and shape in the model its config describes, none is missing."""
+    if plan.model is not None:
+        tensors = {r.out_key: (reader.shape(r), f"{r.file} [{r.key}]") for r in plan.refs}
+        check_tensors_fit_model(plan.model(), tensors, f"{plan.name}, {plan.model_source}", plan.tied)
 
 
 def _config_writer(model_cls, config: dict) -> Callable[[Path], None]:
@@ -247,6 +268,7 @@ def plan_conversion(src: Path, variant: str, layout: str, reader: TensorReader) 
     from . import official
 
     defaults = get_variant(variant)
+    check_official_folder(src, variant)  # every file present and well-formed: fail before anything is written
     plans: list[ComponentPlan] = []
 
     # Transformer(s)
@@ -258,19 +280,25 @@ def plan_conversion(src: Path, variant: str, layout: str, reader: TensorReader) 
             for d, attr in zip(expert_dirs, ("high_noise_expert", "low_noise_expert"))
         ]
         cfg = official.dit_config_from_official(
-            json.loads((expert_dirs[0] / "config.json").read_text()), _shapes(reader, expert_refs[0])
+            read_official_dit_config(expert_dirs[0] / "config.json"), _shapes(reader, expert_refs[0])
         )
         if layout == "wan22":
             moe_cfg = dict(cfg, boundary_ratio=defaults.boundary_ratio)
             plans.append(ComponentPlan("transformer", DIFFUSERS_WEIGHTS, expert_refs[0] + expert_refs[1],
-                                       _config_writer(WanMoETransformer3DModel, moe_cfg)))
+                                       _config_writer(WanMoETransformer3DModel, moe_cfg),
+                                       _meta_model(WanMoETransformer3DModel, moe_cfg),
+                                       model_source=f"as configured by {expert_dirs[0] / 'config.json'}"))
         else:
             for name, refs in zip(("transformer", "transformer_2"), expert_refs):
-                plans.append(ComponentPlan(name, DIFFUSERS_WEIGHTS, refs, _config_writer(WanTransformer3DModel, cfg)))
+                plans.append(ComponentPlan(name, DIFFUSERS_WEIGHTS, refs, _config_writer(WanTransformer3DModel, cfg),
+                                           _meta_model(WanTransformer3DModel, cfg),
+                                           model_source=f"as configured by {expert_dirs[0] / 'config.json'}"))
     else:
         refs = _mapped_refs(reader, _safetensors_files(src), official.official_dit_key_to_diffusers)
-        cfg = official.dit_config_from_official(json.loads((src / "config.json").read_text()), _shapes(reader, refs))
-        plans.append(ComponentPlan("transformer", DIFFUSERS_WEIGHTS, refs, _config_writer(WanTransformer3DModel, cfg)))
+        cfg = official.dit_config_from_official(read_official_dit_config(src / "config.json"), _shapes(reader, refs))
+        plans.append(ComponentPlan("transformer", DIFFUSERS_WEIGHTS, refs, _config_writer(WanTransformer3DModel, cfg),
+                                   _meta_model(WanTransformer3DModel, cfg),
+                                   model_source=f"as configured by {src / 'config.json'}"))
 
     # Text encoder (official T5 .pth -> UMT5EncoderModel)
     t5_path = src / T5_FILE
@@ -281,7 +309,11 @@ def plan_conversion(src: Path, variant: str, layout: str, reader: TensorReader) 
         config.architectures = ["UMT5EncoderModel"]
         config.save_pretrained(folder)
 
-    plans.append(ComponentPlan("text_encoder", TRANSFORMERS_WEIGHTS, t5_refs, write_t5_config))
+    from transformers import UMT5EncoderModel
+
+    plans.append(ComponentPlan("text_encoder", TRANSFORMERS_WEIGHTS, t5_refs, write_t5_config,
+                               _meta_model(UMT5EncoderModel, t5_config), tied=("encoder.embed_tokens.weight",),
+                               model_source=f"as inferred from {t5_path}"))
 
     # VAE
     vae_path = src / VAE_FILES[defaults.vae_version]
@@ -290,8 +322,11 @@ def plan_conversion(src: Path, variant: str, layout: str, reader: TensorReader) 
     vae_refs = _mapped_refs(reader, [vae_path],
                             lambda k: official.official_vae_key_to_diffusers(k, defaults.vae_version))
     vae_cfg = official.vae_config_from_official(_shapes(reader, vae_refs), defaults.vae_version)
-    plans.append(ComponentPlan("vae", DIFFUSERS_WEIGHTS, vae_refs, _config_writer(AutoencoderKLWan, vae_cfg)))
+    plans.append(ComponentPlan("vae", DIFFUSERS_WEIGHTS, vae_refs, _config_writer(AutoencoderKLWan, vae_cfg),
+                               _meta_model(AutoencoderKLWan, vae_cfg), model_source=f"as inferred from {vae_path}"))
 
+    for plan in plans:  # a missing, extra or mis-shaped tensor is an error now, not a broken folder later
+        check_plan(plan, reader)
     return plans, _model_index(variant, layout)
 
 

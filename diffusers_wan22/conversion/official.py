@@ -19,7 +19,9 @@ from accelerate import init_empty_weights
 from diffusers import AutoencoderKLWan, WanTransformer3DModel
 from safetensors import safe_open
 
-from ..checkpoint_checks import check_dit_shapes, read_official_dit_config, torch_load_error
+from ..checkpoint_checks import (
+    check_dit_shapes, check_t5_state, check_vae_state, read_official_dit_config, torch_load_error,
+)
 
 # Official Wan 2.2 VAE latent normalisation (48 channels); the 16 Wan 2.1 values are AutoencoderKLWan's defaults.
 WAN22_VAE_LATENTS_MEAN = [
@@ -389,6 +391,7 @@ def load_official_t5(pth_path: str | os.PathLike, torch_dtype: torch.dtype | Non
     from transformers import UMT5EncoderModel
 
     state = load_pth_state_dict(pth_path)
+    check_t5_state(state, pth_path)  # a wrong or empty file is named, not a KeyError
     config = t5_config_from_official({k: tuple(v.shape) for k, v in state.items()})
     with init_empty_weights():
         model = UMT5EncoderModel(config)
@@ -401,6 +404,7 @@ def load_official_t5(pth_path: str | os.PathLike, torch_dtype: torch.dtype | Non
 def load_official_vae(pth_path: str | os.PathLike, torch_dtype: torch.dtype | None = None) -> AutoencoderKLWan:
     """`AutoencoderKLWan` from `Wan2.1_VAE.pth` or `Wan2.2_VAE.pth` (version detected from the tensors)."""
     state = load_pth_state_dict(pth_path)
+    check_vae_state(state, pth_path)  # a wrong or empty file is named, not a KeyError
     shapes = {k: tuple(v.shape) for k, v in state.items()}
     version = detect_vae_version(shapes)
     config = vae_config_from_official(shapes, version)

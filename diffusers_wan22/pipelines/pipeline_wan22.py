@@ -428,18 +428,33 @@ class Wan22Pipeline(Wan22OffloadMixin, Wan22ParallelMixin, Wan22LoraLoaderMixin,
         mask[0] = 0
         return mask.flatten()
 
-    def decode_latents(self, latents: torch.Tensor, output_type: str):
-        """Un-normalise the latents and decode them with the VAE (or return them for ``output_type="latent"``)."""
-        if output_type == "latent":
-            return latents
+    def _latent_stats(self, device, dtype) -> tuple[torch.Tensor, torch.Tensor]:
+        """The VAE's latent mean and 1/std, shaped to broadcast over ``[B, C, F, H, W]``."""
+        cfg = self.vae.config
+        mean = torch.tensor(cfg.latents_mean, device=device, dtype=dtype).view(1, cfg.z_dim, 1, 1, 1)
+        # 1/std (not std), as the official code and diffusers use it: same float rounding.
+        inv_std = 1.0 / torch.tensor(cfg.latents_std, device=device, dtype=dtype).view(1, cfg.z_dim, 1, 1, 1)
+        return mean, inv_std
+
+    def encode_image_latents(self, frames: torch.Tensor) -> torch.Tensor:
+        """Normalised VAE latent (posterior mean) of a ``[B, 3, F, H, W]`` video in [-1, 1]."""
+        device = get_module_execution_device(self.vae)
+        mu = self.vae.encode(frames.to(device, self.vae.dtype)).latent_dist.mean.float()
+        mean, inv_std = self._latent_stats(device, torch.float32)
+        return (mu - mean) * inv_std
+
+    def vae_decode(self, latents: torch.Tensor) -> torch.Tensor:
+        """Un-normalise normalised latents and decode them: ``[B, 3, F, H, W]`` in [-1, 1]."""
         vae_device = get_module_execution_device(self.vae)
         latents = latents.to(vae_device, dtype=self.vae.dtype)
-        cfg = self.vae.config
-        mean = torch.tensor(cfg.latents_mean, device=vae_device, dtype=latents.dtype).view(1, cfg.z_dim, 1, 1, 1)
-        # Divide by 1/std (not multiply by std), as the official code and diffusers do: same float rounding.
-        inv_std = 1.0 / torch.tensor(cfg.latents_std, device=vae_device, dtype=latents.dtype).view(1, cfg.z_dim, 1, 1, 1)
-        video = self.vae.decode(latents / inv_std + mean, return_dict=False)[0]
-        return self.video_processor.postprocess_video(video, output_type=output_type)
+        mean, inv_std = self._latent_stats(vae_device, latents.dtype)
+        return self.vae.decode(latents / inv_std + mean, return_dict=False)[0]
+
+    def decode_latents(self, latents: torch.Tensor, output_type: str):
+        """Decode the latents with the VAE (or return them for ``output_type="latent"``)."""
+        if output_type == "latent":
+            return latents
+        return self.video_processor.postprocess_video(self.vae_decode(latents), output_type=output_type)
 
     # ------------------------------------------------------------------ call
     @torch.no_grad()

@@ -46,17 +46,6 @@ class Wan22ImageToVideoPipeline(Wan22Pipeline):
         return ti2v_best_output_size(image.width, image.height, max_area,
                                      self.vae_scale_factor_spatial * self.transformer_config.patch_size[1])
 
-    def encode_image_latents(self, frames: torch.Tensor) -> torch.Tensor:
-        """Normalised VAE latent (posterior mean) of a ``[B, 3, F, H, W]`` video in [-1, 1]."""
-        from diffusers.utils.torch_utils import get_module_execution_device
-
-        device = get_module_execution_device(self.vae)
-        mu = self.vae.encode(frames.to(device, self.vae.dtype)).latent_dist.mean.float()
-        cfg = self.vae.config
-        mean = torch.tensor(cfg.latents_mean, device=device).view(1, cfg.z_dim, 1, 1, 1)
-        inv_std = 1.0 / torch.tensor(cfg.latents_std, device=device).view(1, cfg.z_dim, 1, 1, 1)
-        return (mu - mean) * inv_std
-
     def image_condition(self, first_frame: torch.Tensor, num_frames: int, batch: int, device) -> dict:
         """``denoise`` keyword for this variant: I2V's 20-channel ``condition`` or TI2V's ``first_frame_latents``."""
         if not self.is_moe:  # TI2V: the clean latent of the image alone is latent frame 0
