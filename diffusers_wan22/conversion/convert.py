@@ -294,10 +294,12 @@ def plan_conversion(src: Path, variant: str, layout: str, reader: TensorReader) 
                                            _meta_model(WanTransformer3DModel, cfg),
                                            model_source=f"as configured by {expert_dirs[0] / 'config.json'}"))
     else:
-        refs = _mapped_refs(reader, _safetensors_files(src), official.official_dit_key_to_diffusers)
-        cfg = official.dit_config_from_official(read_official_dit_config(src / "config.json"), _shapes(reader, refs))
-        plans.append(ComponentPlan("transformer", DIFFUSERS_WEIGHTS, refs, _config_writer(WanTransformer3DModel, cfg),
-                                   _meta_model(WanTransformer3DModel, cfg),
+        official_cfg = read_official_dit_config(src / "config.json")
+        model_cls, make_config, map_key = official.official_transformer_kind(official_cfg)  # WanModel or S2V
+        refs = _mapped_refs(reader, _safetensors_files(src), map_key)
+        cfg = make_config(official_cfg, _shapes(reader, refs))
+        plans.append(ComponentPlan("transformer", DIFFUSERS_WEIGHTS, refs, _config_writer(model_cls, cfg),
+                                   _meta_model(model_cls, cfg),
                                    model_source=f"as configured by {src / 'config.json'}"))
 
     # Text encoder (official T5 .pth -> UMT5EncoderModel)
@@ -341,6 +343,11 @@ def _model_index(variant: str, layout: str) -> dict:
         "tokenizer": ["transformers", "T5Tokenizer"],
         "vae": ["diffusers", "AutoencoderKLWan"],
     }
+    if variant == "s2v-14B":
+        return {"_class_name": "Wan22SpeechToVideoPipeline", **index,
+                "transformer": ["diffusers_wan22", "WanS2VTransformer3DModel"],
+                "audio_encoder": ["transformers", "Wav2Vec2ForCTC"],
+                "audio_processor": ["transformers", "Wav2Vec2FeatureExtractor"]}
     if layout == "wan22":
         cls = "Wan22ImageToVideoPipeline" if variant == "i2v-A14B" else "Wan22Pipeline"
         transformer = (["diffusers_wan22", "WanMoETransformer3DModel"] if defaults.boundary_ratio is not None
@@ -359,7 +366,8 @@ def _model_index(variant: str, layout: str) -> dict:
 def model_card(variant: str, layout: str) -> str:
     """Hub model card (YAML front matter + usage) for a converted folder."""
     d = get_variant(variant)
-    tag = {"t2v-A14B": "text-to-video", "i2v-A14B": "image-to-video", "ti2v-5B": "text-to-video"}[variant]
+    tag = {"t2v-A14B": "text-to-video", "i2v-A14B": "image-to-video", "ti2v-5B": "text-to-video",
+           "s2v-14B": "image-to-video"}[variant]
     base = {"t2v-A14B": "Wan-AI/Wan2.2-T2V-A14B", "i2v-A14B": "Wan-AI/Wan2.2-I2V-A14B",
             "ti2v-5B": "Wan-AI/Wan2.2-TI2V-5B"}[variant]
     if layout == "wan22":
@@ -539,8 +547,8 @@ def convert_checkpoint(
     variant = detected if variant in (None, "auto") else variant
     if variant != detected:
         raise ValueError(f"{src} holds a {detected} checkpoint, not {variant}; pass --variant auto or {detected}.")
-    if variant == "s2v-14B":
-        raise ValueError("S2V-14B conversion is not supported yet; load it with its pipeline's from_official.")
+    if variant == "s2v-14B" and layout != "wan22":
+        raise ValueError("S2V-14B has no stock diffusers pipeline; convert it with layout 'wan22'.")
     if dst.exists() and not overwrite:
         raise FileExistsError(f"{dst} already exists; pass --overwrite to replace it.")
     if dst.resolve() == src.resolve() or src.resolve() in dst.resolve().parents:
@@ -582,5 +590,11 @@ def _write_small_components(src: Path, root: Path, variant: str, layout: str, in
     tokenizer.save_pretrained(root / "tokenizer")
     index["tokenizer"] = ["transformers", type(tokenizer).__name__]
     official_scheduler(variant).save_pretrained(root / "scheduler")
+    if variant == "s2v-14B":  # wav2vec2 is already a transformers folder: re-save it as safetensors
+        from ..loading import load_official_audio_stack
+
+        audio = load_official_audio_stack(src)
+        audio["audio_encoder"].save_pretrained(root / "audio_encoder")
+        audio["audio_processor"].save_pretrained(root / "audio_processor")
     (root / "model_index.json").write_text(json.dumps(index, indent=2))
     (root / "README.md").write_text(model_card(variant, layout))
