@@ -93,12 +93,15 @@ def build_tiny_vae(z_dim: int = 16) -> AutoencoderKLWan:
 
 def build_tiny_components(variant: str = "t2v-A14B", seed: int = 0, moe: bool = True) -> dict:
     """Random tiny components for ``Wan22Pipeline(**components)`` / ``Wan22ImageToVideoPipeline(**components)``
-    (variant ``"t2v-A14B"``, ``"i2v-A14B"`` or ``"ti2v-5B"``)."""
+    (variant ``"t2v-A14B"``, ``"i2v-A14B"`` or ``"ti2v-5B"``), or ``Wan22SpeechToVideoPipeline(**components)``
+    (``"s2v-14B"``: a tiny S2V transformer and a tiny wav2vec2 with its feature extractor)."""
     defaults = get_variant(variant)
     generator = torch.Generator().manual_seed(seed)
     tokenizer = build_tiny_tokenizer()
     text_encoder = build_tiny_text_encoder(vocab_size=len(tokenizer))
     _randomize_(text_encoder, generator, scale=0.5)
+    if variant == "s2v-14B":
+        return dict(tokenizer=tokenizer, text_encoder=text_encoder, **_tiny_s2v_parts(generator, defaults))
     channels = 48 if defaults.vae_version == "2.2" else 16
     in_channels = channels + 20 if variant == "i2v-A14B" else channels  # I2V: + 4 mask + 16 image-latent channels
     kwargs = tiny_transformer_kwargs(in_channels=in_channels, out_channels=channels)
@@ -110,12 +113,42 @@ def build_tiny_components(variant: str = "t2v-A14B", seed: int = 0, moe: bool = 
     else:
         transformer = WanTransformer3DModel(**kwargs).eval()
         _randomize_(transformer, generator)
-    scheduler = UniPCMultistepScheduler(
-        prediction_type="flow_prediction", use_flow_sigmas=True, num_train_timesteps=1000,
-        flow_shift=defaults.sample_shift,
-    )
     return dict(tokenizer=tokenizer, text_encoder=text_encoder, transformer=transformer,
-                vae=build_tiny_vae(channels), scheduler=scheduler)
+                vae=build_tiny_vae(channels), scheduler=_flow_unipc(defaults.sample_shift))
+
+
+def _flow_unipc(shift: float) -> UniPCMultistepScheduler:
+    return UniPCMultistepScheduler(
+        prediction_type="flow_prediction", use_flow_sigmas=True, num_train_timesteps=1000, flow_shift=shift
+    )
+
+
+def _tiny_s2v_parts(generator: torch.Generator, defaults) -> dict:
+    """Transformer, VAE, scheduler and audio stack of a tiny S2V-14B (4 wav2vec2 layers → 5 hidden states)."""
+    from transformers import Wav2Vec2Config, Wav2Vec2FeatureExtractor, Wav2Vec2ForCTC
+
+    from .models.transformer_wan_s2v import WanS2VTransformer3DModel
+
+    audio_config = Wav2Vec2Config(
+        vocab_size=32, hidden_size=16, num_hidden_layers=4, num_attention_heads=2, intermediate_size=32,
+        conv_dim=(16,) * 7, do_stable_layer_norm=True, feat_extract_norm="layer", num_conv_pos_embeddings=16,
+        num_conv_pos_embedding_groups=2, hidden_dropout=0.0, attention_dropout=0.0, activation_dropout=0.0,
+        feat_proj_dropout=0.0, layerdrop=0.0, mask_time_prob=0.0,
+    )
+    audio_encoder = Wav2Vec2ForCTC(audio_config).eval()
+    _randomize_(audio_encoder, generator, scale=0.1)
+    kwargs = tiny_transformer_kwargs()
+    transformer = WanS2VTransformer3DModel(
+        **kwargs, pose_channels=16, audio_dim=16, num_audio_layers=audio_config.num_hidden_layers + 1,
+        num_audio_tokens=4, audio_inject_layers=[0, 1],
+    ).eval()
+    _randomize_(transformer, generator)
+    return dict(
+        transformer=transformer, vae=build_tiny_vae(16), scheduler=_flow_unipc(defaults.sample_shift),
+        audio_encoder=audio_encoder,
+        audio_processor=Wav2Vec2FeatureExtractor(feature_size=1, sampling_rate=16000, padding_value=0.0,
+                                                 do_normalize=True, return_attention_mask=True),
+    )
 
 
 def build_demo_pipeline(variant: str = "t2v-A14B", seed: int = 0):

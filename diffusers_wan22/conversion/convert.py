@@ -369,7 +369,7 @@ def model_card(variant: str, layout: str) -> str:
     tag = {"t2v-A14B": "text-to-video", "i2v-A14B": "image-to-video", "ti2v-5B": "text-to-video",
            "s2v-14B": "image-to-video"}[variant]
     base = {"t2v-A14B": "Wan-AI/Wan2.2-T2V-A14B", "i2v-A14B": "Wan-AI/Wan2.2-I2V-A14B",
-            "ti2v-5B": "Wan-AI/Wan2.2-TI2V-5B"}[variant]
+            "ti2v-5B": "Wan-AI/Wan2.2-TI2V-5B", "s2v-14B": "Wan-AI/Wan2.2-S2V-14B"}[variant]
     if layout == "wan22":
         load = ("import diffusers_wan22  # registers the Wan 2.2 pipelines with diffusers\n"
                 "from diffusers import DiffusionPipeline\n\n"
@@ -379,6 +379,13 @@ def model_card(variant: str, layout: str) -> str:
                 "pipe = DiffusionPipeline.from_pretrained(\"<this folder or repo>\", torch_dtype=torch.bfloat16)")
     guidance = (f"guidance_scale={d.guidance_scale}, guidance_scale_2={d.guidance_scale_2}"
                 if d.guidance_scale_2 is not None else f"guidance_scale={d.guidance_scale}")
+    if variant == "s2v-14B":
+        call = ("out = pipe(image=PIL.Image.open(\"face.png\"), audio=\"speech.wav\", prompt=\"A woman is singing.\")\n"
+                "from diffusers_wan22.video import save_video\n"
+                "save_video(out.frames[0], \"talk.mp4\", out.fps, audio=out.audio)  # audio muxed in")
+    else:
+        call = (f"video = pipe(\"Two cats boxing on a stage.\", num_inference_steps={d.sample_steps}, "
+                f"{guidance}).frames[0]")
     return f"""---
 library_name: diffusers
 pipeline_tag: {tag}
@@ -400,7 +407,7 @@ official code: {d.sample_steps} steps, flow shift {d.sample_shift}, {guidance}
 import torch
 {load}
 pipe.to("cuda")
-video = pipe("Two cats boxing on a stage.", num_inference_steps={d.sample_steps}, {guidance}).frames[0]
+{call}
 ```
 """
 

@@ -225,7 +225,7 @@ class Wan22SpeechToVideoPipeline(Wan22Pipeline):
                 all; the official code draws clip ``r``'s noise from ``seed + r``, pass those to reproduce it.
             pose_video: optional pose-driving video (file path, or a list/array of frames at the video fps).
             init_first_frame: start from the reference image (it fills the newest motion frames, nothing dropped).
-            output_type: ``"np"``, ``"pil"``, ``"pt"`` or ``"latent"`` (the last clip's latents).
+            output_type: ``"np"``, ``"pil"``, ``"pt"`` or ``"latent"`` (a list with each clip's final latents).
 
         Returns:
             `Wan22SpeechToVideoPipelineOutput` (frames, the audio trimmed to the video, fps, clips, timesteps), or
@@ -291,13 +291,15 @@ class Wan22SpeechToVideoPipeline(Wan22Pipeline):
                                                  attention_kwargs, progress)
                 if output_type == "latent":
                     clips.append(clip_latents)
-                    continue
+                    if clip + 1 == num_clips:
+                        break
                 context = ref_latents if dropped else motion_latents
                 video = self.vae_decode(torch.cat([context.to(clip_latents.device), clip_latents], dim=2))
                 video = video[:, :, -infer_frames:].float()
                 if dropped:
                     video = video[:, :, FIRST_CLIP_DROPPED_FRAMES:]
-                clips.append(video)
+                if output_type != "latent":
+                    clips.append(video)
                 if clip + 1 < num_clips:  # the newest 73 frames become the next clip's motion context
                     keep = min(MOTION_FRAMES, video.shape[2])
                     motion_pixels = torch.cat([motion_pixels[:, :, keep:], video[:, :, -keep:].to(motion_pixels)], 2)
@@ -305,8 +307,8 @@ class Wan22SpeechToVideoPipeline(Wan22Pipeline):
 
         # 4. Assemble the video and the audio it carries
         if output_type == "latent":
-            frames = clips[-1]
-            num_video_frames = sum(c.shape[2] for c in clips) * 4
+            frames = clips  # one tensor per clip: each clip is decoded after its own motion context
+            num_video_frames = num_clips * infer_frames - (FIRST_CLIP_DROPPED_FRAMES if drop_first_motion else 0)
         else:
             video = torch.cat(clips, dim=2)
             num_video_frames = video.shape[2]
