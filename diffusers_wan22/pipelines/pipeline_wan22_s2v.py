@@ -148,17 +148,19 @@ class Wan22SpeechToVideoPipeline(Wan22Pipeline):
             latents.append(self.encode_image_latents(chunk)[:, :, 1:])
         return latents
 
+    @staticmethod
+    def check_clip_noise(clip: int, noise, shape: tuple[int, ...]) -> None:
+        if not isinstance(noise, torch.Tensor) or tuple(noise.shape) not in (tuple(shape), tuple(shape[1:])):
+            got = tuple(noise.shape) if isinstance(noise, torch.Tensor) else type(noise).__name__
+            raise ValueError(f"`latents` for clip {clip} is {got}; this call needs a tensor of shape "
+                             f"{tuple(shape)} ([1, channels, (infer_frames + 3 + 73) // 4 - 19, height/8, width/8]).")
+
     def clip_noise(self, clip: int, latents, shape: tuple[int, ...], generator, device) -> torch.Tensor:
         """Initial noise of one clip: the caller's tensor (one per clip, or one reused) or fresh Gaussian noise."""
         if latents is None:
             return torch.randn(shape, generator=generator, device=device, dtype=torch.float32)
         noise = latents[clip] if isinstance(latents, (list, tuple)) else latents
-        if noise.ndim == 4:
-            noise = noise[None]
-        if tuple(noise.shape) != tuple(shape):
-            raise ValueError(f"`latents` for clip {clip} has shape {tuple(noise.shape)}; this call needs "
-                             f"{tuple(shape)} ([1, channels, infer_frames/4, height/8, width/8]).")
-        return noise.to(device=device, dtype=torch.float32)
+        return noise.reshape(shape).to(device=device, dtype=torch.float32)
 
     # ------------------------------------------------------------------ one clip
     def denoise_clip(self, noise, timesteps, guidance_scale: float, prompt_embeds, negative_prompt_embeds,
@@ -244,6 +246,13 @@ class Wan22SpeechToVideoPipeline(Wan22Pipeline):
         samples = load_audio(audio, audio_sampling_rate)
         if height is None:
             width, height = s2v_size(image.width, image.height, d.width * d.height if max_area is None else max_area)
+        motion_frames = (MOTION_FRAMES, (MOTION_FRAMES + 3) // 4)
+        lat_h, lat_w = height // self.vae_scale_factor_spatial, width // self.vae_scale_factor_spatial
+        lat_frames = (infer_frames + 3 + MOTION_FRAMES) // 4 - motion_frames[1]
+        shape = (1, self.transformer_config.out_channels, lat_frames, lat_h, lat_w)
+        given = latents if isinstance(latents, (list, tuple)) else [] if latents is None else [latents]
+        for clip, noise in enumerate(given):
+            self.check_clip_noise(clip, noise, shape)
         device = self._execution_device
         self._do_cfg = guidance_scale > 1.0
         self._attention_kwargs = attention_kwargs
@@ -257,8 +266,6 @@ class Wan22SpeechToVideoPipeline(Wan22Pipeline):
             prompt, negative_prompt, self._do_cfg, 1, None, None, max_sequence_length, device
         )
         ref_pixels, ref_latents = self.reference_latents(image, width, height)
-        motion_frames = (MOTION_FRAMES, (MOTION_FRAMES + 3) // 4)
-        lat_h, lat_w = height // self.vae_scale_factor_spatial, width // self.vae_scale_factor_spatial
         motion_pixels = torch.zeros(1, 3, MOTION_FRAMES, height, width, device=ref_pixels.device)
         drop_first_motion = not init_first_frame
         if init_first_frame:
@@ -269,8 +276,6 @@ class Wan22SpeechToVideoPipeline(Wan22Pipeline):
             # buffer's latents would never be read: skip encoding 73 frames.
             motion_latents = ref_latents.new_zeros(1, ref_latents.shape[1], motion_frames[1], lat_h, lat_w)
         pose = self.pose_latents(pose_video, num_clips, infer_frames, width, height, fps)
-        lat_frames = (infer_frames + 3 + MOTION_FRAMES) // 4 - motion_frames[1]
-        shape = (1, self.transformer_config.out_channels, lat_frames, lat_h, lat_w)
 
         # 3. Clip after clip: denoise, decode, slide the motion buffer
         clips = []
