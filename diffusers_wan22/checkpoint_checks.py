@@ -156,12 +156,15 @@ def safetensors_shards(folder: str | os.PathLike, index_name: str = "diffusion_p
 
 
 # ------------------------------------------------------------------------------------------------ whole folder
-def check_dit_folder(folder: Path, what: str) -> None:
-    """An official DiT folder: present, a valid config.json, complete shards consistent with their index."""
+def check_dit_folder(folder: Path, what: str) -> dict:
+    """An official DiT folder: present, a valid config.json, complete shards consistent with their index.
+
+    Returns the config."""
     if not folder.is_dir():
         raise FileNotFoundError(f"Missing {what} folder: {folder}.")
-    read_official_dit_config(folder / "config.json")
+    cfg = read_official_dit_config(folder / "config.json")
     safetensors_shards(folder)
+    return cfg
 
 
 def check_official_folder(root: str | os.PathLike, variant: str) -> None:
@@ -177,10 +180,18 @@ def check_official_folder(root: str | os.PathLike, variant: str) -> None:
     root = Path(root)
     defaults = get_variant(variant)
     if defaults.boundary_ratio is not None:
-        for k in ("high", "low"):
-            check_dit_folder(root / EXPERT_DIRS[k], f"{k}-noise expert")
+        high, low = (check_dit_folder(root / EXPERT_DIRS[k], f"{k}-noise expert") for k in ("high", "low"))
+        differ = {k: (high[k], low[k]) for k in REQUIRED_DIT_FIELDS if high[k] != low[k]}
+        if differ:
+            raise ValueError(f"{root / EXPERT_DIRS['high'] / 'config.json'} and {root / EXPERT_DIRS['low']}/config.json "
+                             f"describe different transformers ((high, low): {differ}); both experts must come from "
+                             "the same checkpoint (e.g. not an i2v expert in a t2v folder).")
     else:
         check_dit_folder(root, "DiT")
+    if variant == "s2v-14B":
+        from .loading import WAV2VEC_DIR
+
+        _require_file(root / WAV2VEC_DIR / "config.json", "wav2vec2 audio encoder config")
     check_tokenizer_folder(root / TOKENIZER_DIR)
     # Memory-mapped, so only the pickled index is read; a file with pickled code is refused here, before minutes of
     # transformer loading, and a VAE of the wrong version is caught before it meets the transformer.
