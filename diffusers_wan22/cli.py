@@ -82,9 +82,27 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("--sample_guide_scale", type=float, nargs="+", default=None,
                      help="one value for both experts, or two: HIGH LOW (high-noise then low-noise expert)")
     gen.add_argument("--base_seed", type=int, default=0)
+    gen.add_argument("--task", choices=TASKS, default=None,
+                     help="default: read from --model (official or saved folder); t2v-A14B for --model tiny")
+    gen.add_argument("--image", type=Path, default=None,
+                     help="i2v-A14B / ti2v-5B: first frame; s2v-14B: reference image")
+    gen.add_argument("--audio", type=Path, default=None, help="s2v-14B: speech/song (any format ffmpeg reads)")
+    gen.add_argument("--pose_video", type=Path, default=None, help="s2v-14B: optional pose-driving video")
+    gen.add_argument("--num_clip", type=_positive_int, default=None,
+                     help="s2v-14B: clips to generate (default: as many as the audio needs)")
+    gen.add_argument("--infer_frames", type=_positive_int, default=None,
+                     help="s2v-14B: frames per clip, a multiple of 4 (default: 80)")
+    gen.add_argument("--lora", action="append", default=[], metavar="PATH[:SCALE][@EXPERT]",
+                     help="LoRA safetensors; EXPERT is high, low or both (default both); repeatable")
+    gen.add_argument("--expert-steps", dest="expert_steps", type=int, nargs=2, default=None, metavar=("HIGH", "LOW"),
+                     help="A14B: steps on the high- and low-noise expert (e.g. 2 2 for 4-step LoRAs)")
     gen.add_argument("--dtype", choices=["bf16", "fp16", "fp32"], default="bf16")
+    gen.add_argument("--convert_model_dtype", action="store_true",
+                     help="official flag; weights are always cast to --dtype here (kept for compatibility)")
     gen.add_argument("--device", default=None, help="e.g. cuda, cuda:1, cpu (default: cuda if available)")
     gen.add_argument("--offload_model", action="store_true", help="model CPU offload (one expert on the GPU)")
+    gen.add_argument("--memory_mode", choices=MEMORY_MODE_CHOICES, default=None,
+                     help="memory mode (see `wan22 plan`); overrides --offload_model")
     gen.add_argument("--output", default=None, help="mp4 path (default: wan22_<time>.mp4)")
     gen.add_argument("--output_dir", default="wan22_outputs", help="with --prompts (default: %(default)s)")
 
@@ -123,11 +141,108 @@ def cmd_demo(args) -> int:
     return 0
 
 
-def load_any_pipeline(model: str, torch_dtype):
-    """A Wan 2.2 pipeline from ``tiny``, an official folder or a folder written by `save_pretrained`."""
+TASKS = ["t2v-A14B", "i2v-A14B", "ti2v-5B", "s2v-14B"]
+MEMORY_MODE_CHOICES = ["none", "model_offload", "expert_offload", "group_offload", "lazy_experts"]
+_CLASS_TASK = {"Wan22ImageToVideoPipeline": "i2v-A14B", "Wan22SpeechToVideoPipeline": "s2v-14B",
+               "WanImageToVideoPipeline": "i2v-A14B"}
+
+
+def resolve_task(model: str, task: str | None) -> str:
+    """The task of ``--model``: official folders and saved pipelines say it; ``tiny`` takes ``--task``."""
+    import json
+
+    from .loading import detect_official_variant
+
+    if model == "tiny" or model.startswith("tiny:"):
+        return task or model.partition(":")[2] or "t2v-A14B"
+    path = Path(model)
+    if not path.is_dir():
+        raise CliError(f"--model {model!r} is not a folder (download the checkpoint first) nor 'tiny'")
+    if (path / "model_index.json").exists():
+        index = json.loads((path / "model_index.json").read_text())
+        found = _CLASS_TASK.get(index.get("_class_name"))
+        if found is None:  # a text pipeline: MoE (A14B) or dense (TI2V-5B)
+            found = "t2v-A14B" if index.get("transformer_2", [None])[0] or "MoE" in str(index.get("transformer")) \
+                else "ti2v-5B"
+        if found == "i2v-A14B" and task == "ti2v-5B":
+            found = task  # Wan22ImageToVideoPipeline serves both
+    else:
+        found = detect_official_variant(path)
+    if task is not None and task != found:
+        raise CliError(f"--task {task} does not match --model {model}, which holds a {found} model")
+    return found
+
+
+def check_task_inputs(task: str, args) -> None:
+    """Which inputs each task needs, checked before any model is loaded."""
+    needs_image = task in ("i2v-A14B", "s2v-14B")
+    if needs_image and args.image is None:
+        raise CliError(f"--task {task} needs --image")
+    if task == "t2v-A14B" and args.image is not None:
+        raise CliError("--image is for i2v-A14B, ti2v-5B and s2v-14B; t2v-A14B is text-only")
+    if task == "s2v-14B":
+        if args.audio is None:
+            raise CliError("--task s2v-14B needs --audio")
+        if args.prompts is not None:
+            raise CliError("--prompts is for text prompts of the t2v/ti2v tasks, not s2v-14B")
+    else:
+        for flag in ("audio", "pose_video", "num_clip", "infer_frames"):
+            if getattr(args, flag) is not None:
+                raise CliError(f"--{flag} is for s2v-14B only (this is {task})")
+    for flag in ("image", "audio", "pose_video"):
+        path = getattr(args, flag)
+        if path is not None and not path.is_file():
+            raise CliError(f"--{flag} {str(path)!r}: no such file")
+    if args.expert_steps is not None and (task not in ("t2v-A14B", "i2v-A14B") or min(args.expert_steps) < 0):
+        raise CliError(f"--expert-steps takes two non-negative step counts and applies to the A14B tasks; got "
+                       f"{args.expert_steps} for {task}")
+
+
+def parse_lora(spec: str) -> tuple[str, float, str]:
+    """``PATH[:SCALE][@EXPERT]`` → (path, scale, expert)."""
+    rest, _, expert = spec.partition("@")
+    expert = expert or "both"
+    if expert not in ("high", "low", "both"):
+        raise CliError(f"--lora {spec!r}: expert must be high, low or both, got {expert!r}")
+    path, scale = rest, 1.0
+    head, sep, tail = rest.rpartition(":")
+    if sep and head:
+        try:
+            path, scale = head, float(tail)
+        except ValueError:
+            path, scale = rest, 1.0
+    if not Path(path).is_file():
+        raise CliError(f"--lora {spec!r}: no such file {path!r}")
+    return path, scale, expert
+
+
+def pipeline_class(task: str, with_image: bool):
+    from .pipelines import Wan22ImageToVideoPipeline, Wan22Pipeline, Wan22SpeechToVideoPipeline
+
+    if task == "s2v-14B":
+        return Wan22SpeechToVideoPipeline
+    return Wan22ImageToVideoPipeline if task == "i2v-A14B" or (task == "ti2v-5B" and with_image) else Wan22Pipeline
+
+
+def load_task_pipeline(model: str, task: str, with_image: bool, torch_dtype):
+    """The pipeline for ``task`` from ``tiny``, an official folder or a saved folder (re-wrapped if needed)."""
     from .loading import load_pipeline
 
-    return load_pipeline(model, torch_dtype)
+    cls = pipeline_class(task, with_image)
+    source = f"tiny:{task}" if model == "tiny" or model.startswith("tiny:") else model
+    pipe = load_pipeline(source, torch_dtype, pipeline_cls=cls)
+    if not isinstance(pipe, cls):  # e.g. a saved TI2V text pipeline used with --image
+        pipe = cls(**pipe.components)
+    return pipe
+
+
+def place_pipeline(pipe, args, device) -> None:
+    if args.memory_mode is not None:
+        pipe.enable_memory_mode(args.memory_mode, device=device)
+    elif args.offload_model:
+        pipe.enable_model_cpu_offload(device=device)
+    else:
+        pipe.to(device)
 
 
 def cmd_generate(args) -> int:
@@ -138,36 +253,58 @@ def cmd_generate(args) -> int:
     guide = args.sample_guide_scale
     if guide is not None and len(guide) > 2:
         raise CliError(f"--sample_guide_scale takes one or two values; got {len(guide)}")
+    task = resolve_task(args.model, args.task)
+    check_task_inputs(task, args)
+    loras = [parse_lora(spec) for spec in args.lora]
     dtype = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}[args.dtype]
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     prompts = read_prompts(args.prompts) if args.prompts is not None else None
     if prompts is not None and args.device is None:
         device = _partial_state().device  # this process's device under `accelerate launch`
-    pipe = load_any_pipeline(args.model, dtype)
+    pipe = load_task_pipeline(args.model, task, args.image is not None, dtype)
     if args.sample_solver == "dpm++" or args.sample_shift is not None:
         from diffusers import DPMSolverMultistepScheduler, UniPCMultistepScheduler
 
         cls = DPMSolverMultistepScheduler if args.sample_solver == "dpm++" else UniPCMultistepScheduler
         overrides = {} if args.sample_shift is None else {"flow_shift": args.sample_shift}
         pipe.scheduler = cls.from_config(pipe.scheduler.config, **overrides)
-    if args.offload_model:
-        pipe.enable_model_cpu_offload(device=device)
-    else:
-        pipe.to(device)
+    for i, (path, scale, expert) in enumerate(loras):
+        pipe.load_lora_weights(path, adapter_name=f"lora_{i}", **({} if expert == "both" else {"expert": expert}))
+    if loras:
+        pipe.set_adapters([f"lora_{i}" for i in range(len(loras))], [scale for _, scale, _ in loras])
+    place_pipeline(pipe, args, device)
     width, height = args.size if args.size else (None, None)
-    kwargs = {}
+    generator = torch.Generator(device="cpu").manual_seed(args.base_seed)
+    output = args.output or f"wan22_{time.strftime('%Y%m%d_%H%M%S')}.mp4"
+    if task == "s2v-14B":  # official --size is the area budget; the shape follows the reference image
+        from PIL import Image
+
+        out = pipe(Image.open(args.image), str(args.audio), prompt=args.prompt, negative_prompt=args.negative_prompt,
+                   max_area=None if args.size is None else width * height, num_clips=args.num_clip,
+                   infer_frames=args.infer_frames, num_inference_steps=args.sample_steps,
+                   guidance_scale=guide[0] if guide else None, generator=generator,
+                   pose_video=None if args.pose_video is None else str(args.pose_video))
+        path = save_video(out.frames[0], output, fps=out.fps, audio=out.audio, sampling_rate=out.sampling_rate)
+        print(f"Wrote {path} ({out.num_clips} clips, {out.frames.shape[1]} frames, audio muxed)")
+        return 0
+    kwargs = dict(num_frames=args.frame_num, num_inference_steps=args.sample_steps, expert_steps=args.expert_steps)
     if guide:
         kwargs["guidance_scale"] = guide[0]
         kwargs["guidance_scale_2"] = guide[-1]
     if prompts is not None:
+        if args.image is not None:
+            raise CliError("--prompts runs text-to-video; drop --image")
         return generate_prompts(pipe, prompts, args.output_dir, args.base_seed, negative_prompt=args.negative_prompt,
-                                height=height, width=width, num_frames=args.frame_num,
-                                num_inference_steps=args.sample_steps, **kwargs)
-    out = pipe(args.prompt, negative_prompt=args.negative_prompt, height=height, width=width,
-               num_frames=args.frame_num, num_inference_steps=args.sample_steps,
-               generator=torch.Generator(device="cpu").manual_seed(args.base_seed), **kwargs)
+                                height=height, width=width, **kwargs)
+    if args.image is not None:
+        from PIL import Image
+
+        kwargs["image"] = Image.open(args.image)
+        if args.size is not None:  # official: --size is the area budget of image-conditioned tasks
+            kwargs["max_area"], width, height = width * height, None, None
+    out = pipe(prompt=args.prompt, negative_prompt=args.negative_prompt, height=height, width=width,
+               generator=generator, **kwargs)
     _report_steps(out.experts, out.timesteps)
-    output = args.output or f"wan22_{time.strftime('%Y%m%d_%H%M%S')}.mp4"
     print(f"Wrote {save_video(out.frames[0], output, fps=pipe.variant_defaults.fps)}")
     return 0
 

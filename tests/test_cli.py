@@ -48,6 +48,65 @@ def test_generate_with_the_tiny_model(tmp_path):
     assert read_video(out) == (5, (32, 32), 16.0)
 
 
+def _inputs(folder: Path) -> tuple[Path, Path]:
+    """A reference image and a 0.4 s tone (one S2V clip of 8 frames)."""
+    import wave
+
+    import numpy as np
+    from PIL import Image
+
+    image, audio = folder / "face.png", folder / "tone.wav"
+    Image.new("RGB", (80, 64), (100, 120, 140)).save(image)
+    t = np.arange(int(0.4 * 16000)) / 16000
+    with wave.open(str(audio), "wb") as w:
+        w.setnchannels(1), w.setsampwidth(2), w.setframerate(16000)
+        w.writeframes((0.3 * np.sin(2 * np.pi * 440 * t) * 32767).astype("<i2").tobytes())
+    return image, audio
+
+
+def _has_audio_stream(path: Path) -> bool:
+    import imageio_ffmpeg
+
+    probe = subprocess.run([imageio_ffmpeg.get_ffmpeg_exe(), "-i", str(path)], capture_output=True, text=True)
+    return "Audio: aac" in probe.stderr
+
+
+@pytest.mark.parametrize("task, extra, expected", [
+    ("i2v-A14B", ["--size", "32*32", "--frame_num", "5"], (5, (32, 16), 16.0)),  # --size = area: 80x64 image
+    ("ti2v-5B", ["--size", "64*64", "--frame_num", "5"], (5, (64, 64), 24.0)),
+    ("s2v-14B", ["--size", "64*64", "--infer_frames", "8", "--audio", "tone.wav"], (5, (64, 64), 16.0)),
+])
+def test_generate_each_image_task_with_the_tiny_model(tmp_path, task, extra, expected):
+    _inputs(tmp_path)
+    out = tmp_path / "out.mp4"
+    res = _run(["wan22", "generate", "--model", "tiny", "--task", task, "--image", "face.png", "--prompt", "a cat",
+                "--sample_steps", "2", "--dtype", "fp32", "--output", str(out), *extra], tmp_path)
+    assert res.returncode == 0, res.stderr[-2000:]
+    assert read_video(out) == expected
+    assert _has_audio_stream(out) == (task == "s2v-14B")
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--task", "s2v-14B"], "--task s2v-14B needs --image"),
+    (["--task", "i2v-A14B"], "--task i2v-A14B needs --image"),
+    (["--task", "s2v-14B", "--image", "face.png"], "--task s2v-14B needs --audio"),
+    (["--audio", "tone.wav"], "--audio is for s2v-14B only"),
+    (["--image", "face.png"], "t2v-A14B is text-only"),
+    (["--task", "ti2v-5B", "--image", "nope.png"], "--image 'nope.png': no such file"),
+    (["--lora", "face.png@middle"], "expert must be high, low or both"),
+    (["--lora", "missing.safetensors"], "no such file"),
+    (["--task", "ti2v-5B", "--expert-steps", "2", "2"], "applies to the A14B tasks"),
+])
+def test_task_input_errors(tmp_path, monkeypatch, capsys, args, message):
+    from diffusers_wan22.cli import main
+
+    _inputs(tmp_path)
+    monkeypatch.chdir(tmp_path)
+    code = main(["generate", "--model", "tiny", "--prompt", "x", *args])
+    err = capsys.readouterr().err
+    assert code == 2 and message in err and err.count("\n") == 1, err
+
+
 @pytest.mark.parametrize(
     "args, message",
     [
