@@ -56,7 +56,9 @@ def render(rows: list[dict]) -> str:
 
 
 def main() -> None:
-    tests = sorted(str(p.relative_to(ROOT)) for p in (ROOT / "tests").glob("test_*.py"))
+    # Only the files that make parity measurements (the rest of the suite records nothing).
+    tests = sorted(str(p.relative_to(ROOT)) for p in (ROOT / "tests").glob("test_*.py")
+                   if "assert_close_rel(" in p.read_text())
     rows = collect(tests)
     if not rows:
         raise SystemExit("no parity measurements were recorded")
