@@ -380,26 +380,30 @@ def cmd_convert(args) -> int:
 
 
 def cmd_info(args) -> int:
-    from .loading import detect_official_variant
+    import json
+
+    from .configs import get_variant
+    from .loading import describe_folder, detect_official_variant
 
     path = Path(args.model)
     if (path / "model_index.json").exists():
-        import json
-
         index = json.loads((path / "model_index.json").read_text())
         print(f"{path}: diffusers-format pipeline {index.get('_class_name')}")
         for name, value in index.items():
             if not name.startswith("_"):
                 print(f"  {name}: {value}")
-        return 0
-    variant = detect_official_variant(path)
-    from .configs import get_variant
-
-    d = get_variant(variant)
-    print(f"{path}: official Wan 2.2 {variant} checkpoint")
-    print(f"  boundary={d.boundary_ratio} shift={d.sample_shift} steps={d.sample_steps} "
-          f"guidance=({d.guidance_scale}, {d.guidance_scale_2}) fps={d.fps} frames={d.num_frames} "
-          f"size={d.width}*{d.height} vae={d.vae_version}")
+    else:
+        variant = detect_official_variant(path)
+        d = get_variant(variant)
+        print(f"{path}: official Wan 2.2 {variant} checkpoint")
+        print(f"  boundary={d.boundary_ratio} shift={d.sample_shift} steps={d.sample_steps} "
+              f"guidance=({d.guidance_scale}, {d.guidance_scale_2}) fps={d.fps} frames={d.num_frames} "
+              f"size={d.width}*{d.height} vae={d.vae_version}")
+    rows = describe_folder(path)
+    print("  parameters (stored dtype):")
+    for name, count, dtypes in rows:
+        print(f"    {name:34s} {count:>16,d}  {'/'.join(sorted(dtypes))}")
+    print(f"    {'total':34s} {sum(r[1] for r in rows):>16,d}")
     return 0
 
 

@@ -174,3 +174,59 @@ def resolve_pipeline_folder(name_or_path: str | os.PathLike, kwargs: dict) -> tu
 
         path = Path(huggingface_hub.snapshot_download(text, **hub))
     return path, _read_json(path / "model_index.json")
+
+
+_SAFETENSORS_DTYPE_NAMES = {"F32": "float32", "F16": "float16", "BF16": "bfloat16", "F64": "float64",
+                            "I64": "int64", "F8_E4M3": "float8_e4m3fn", "F8_E5M2": "float8_e5m2"}
+
+
+def _tensor_counts(files: list[Path]) -> tuple[int, set[str]]:
+    """(parameter count, dtypes) of safetensors / `.pth` files, read from headers / memory maps only."""
+    from safetensors import safe_open
+
+    total, dtypes = 0, set()
+    for path in files:
+        if path.suffix == ".safetensors":
+            with safe_open(str(path), framework="pt") as f:
+                for key in f.keys():
+                    sl = f.get_slice(key)
+                    shape = sl.get_shape()
+                    total += int(torch.Size(shape).numel())
+                    dtypes.add(_SAFETENSORS_DTYPE_NAMES.get(sl.get_dtype(), sl.get_dtype().lower()))
+        else:
+            from .conversion.official import load_pth_state_dict
+
+            for tensor in load_pth_state_dict(path).values():
+                total += tensor.numel()
+                dtypes.add(str(tensor.dtype).replace("torch.", ""))
+    return total, dtypes
+
+
+def _dit_files(folder: Path) -> list[Path]:
+    """The DiT weight files of an official folder (its index when sharded: other safetensors may sit beside it)."""
+    from .conversion.official import read_safetensors_folder
+
+    return sorted({entry[0] for entry in read_safetensors_folder(folder).values()})
+
+
+def describe_folder(folder: str | os.PathLike) -> list[tuple[str, int, set[str]]]:
+    """(component, parameter count, stored dtypes) for every weight-bearing part of an official or saved folder,
+    without loading any model."""
+    root = Path(folder)
+    if (root / "model_index.json").exists():
+        parts = [(d.name, sorted(d.glob("*.safetensors"))) for d in sorted(root.iterdir()) if d.is_dir()]
+    else:
+        variant = detect_official_variant(root)
+        dits = ([(f"transformer ({EXPERT_DIRS[k]})", _dit_files(root / EXPERT_DIRS[k]))
+                 for k in ("high", "low")] if get_variant(variant).boundary_ratio is not None
+                else [("transformer", _dit_files(root))])
+        parts = dits + [("text_encoder", [root / T5_FILE]),
+                        ("vae", [root / VAE_FILES[get_variant(variant).vae_version]])]
+        if variant == "s2v-14B":
+            parts.append(("audio_encoder", sorted((root / WAV2VEC_DIR).glob("*.safetensors"))))
+    rows = []
+    for name, files in parts:
+        files = [f for f in files if f.exists()]
+        if files:
+            rows.append((name, *_tensor_counts(files)))
+    return rows

@@ -144,6 +144,21 @@ def test_usage_error_from_the_real_script(tmp_path):
                                  "multiples of 16"
 
 
+def test_info_counts_parameters_of_every_component():
+    """`wan22 info` reads headers only; its counts equal the fixture's recorded parameter counts."""
+    import json
+
+    folder = ROOT / "tests" / "fixtures" / "official" / "s2v_14b"
+    res = _run(["wan22", "info", str(folder)], ROOT)
+    assert res.returncode == 0, res.stderr
+    hp = json.loads((folder / "fixture.json").read_text())["tiny_hparams"]
+    for name, count in (("transformer", hp["dit"]["param_count"]), ("text_encoder", hp["t5"]["param_count"]),
+                        ("vae", hp["vae21"]["param_count"]), ("audio_encoder", hp["wav2vec2"]["param_count"])):
+        line = next(line for line in res.stdout.splitlines() if line.strip().startswith(name))
+        assert f"{count:,d}" in line, line
+    assert "s2v-14B" in res.stdout
+
+
 def test_info_on_an_official_folder():
     res = _run(["wan22", "info", str(ROOT / "tests" / "fixtures" / "official" / "t2v_a14b")], ROOT)
     assert res.returncode == 0, res.stderr
