@@ -79,7 +79,14 @@ def _randomize_(module: torch.nn.Module, generator: torch.Generator, scale: floa
             p.copy_(torch.randn(p.shape, generator=generator) * scale)
 
 
-def build_tiny_vae(z_dim: int = 16) -> AutoencoderKLWan:
+def build_tiny_vae(z_dim: int = 16, seed: int = 0) -> AutoencoderKLWan:
+    """A tiny `AutoencoderKLWan` (Wan 2.1 layout for ``z_dim=16``, Wan 2.2 for 48), the same for the same seed."""
+    with torch.random.fork_rng(devices=[]):  # default init draws from the global RNG: pin it, leave it untouched
+        torch.manual_seed(seed)
+        return _tiny_vae(z_dim)
+
+
+def _tiny_vae(z_dim: int) -> AutoencoderKLWan:
     if z_dim == 16:  # Wan 2.1 VAE layout (A14B)
         return AutoencoderKLWan(
             base_dim=3, z_dim=16, dim_mult=[1, 1, 1, 1], num_res_blocks=1, temperal_downsample=[False, True, True]
@@ -114,7 +121,7 @@ def build_tiny_components(variant: str = "t2v-A14B", seed: int = 0, moe: bool = 
         transformer = WanTransformer3DModel(**kwargs).eval()
         _randomize_(transformer, generator)
     return dict(tokenizer=tokenizer, text_encoder=text_encoder, transformer=transformer,
-                vae=build_tiny_vae(channels), scheduler=_flow_unipc(defaults.sample_shift))
+                vae=build_tiny_vae(channels, seed), scheduler=_flow_unipc(defaults.sample_shift))
 
 
 def _flow_unipc(shift: float) -> UniPCMultistepScheduler:
@@ -144,7 +151,8 @@ def _tiny_s2v_parts(generator: torch.Generator, defaults) -> dict:
     ).eval()
     _randomize_(transformer, generator)
     return dict(
-        transformer=transformer, vae=build_tiny_vae(16), scheduler=_flow_unipc(defaults.sample_shift),
+        transformer=transformer, vae=build_tiny_vae(16, int(generator.initial_seed())),
+        scheduler=_flow_unipc(defaults.sample_shift),
         audio_encoder=audio_encoder,
         audio_processor=Wav2Vec2FeatureExtractor(feature_size=1, sampling_rate=16000, padding_value=0.0,
                                                  do_normalize=True, return_attention_mask=True),

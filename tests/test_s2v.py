@@ -249,3 +249,16 @@ def test_bad_input_is_refused_before_any_forward(tiny_s2v, forward_counter, over
     with pytest.raises(error, match=match):
         tiny_s2v(**kwargs)
     assert forward_counter.calls == []
+
+
+@pytest.mark.parametrize("mode", ["expert_offload", "group_offload"])
+def test_memory_modes_give_identical_latents(mode):
+    """The offload chain text_encoder -> audio_encoder -> transformer -> vae (CPU standing in for the device)."""
+    kw = dict(prompt="Two cats boxing on a stage.", height=64, width=64, infer_frames=8, num_clips=1,
+              num_inference_steps=2, output_type="latent",
+              latents=[torch.randn(1, 16, 2, 8, 8, generator=torch.Generator().manual_seed(2))])
+    image, audio = np.zeros((64, 64, 3), np.uint8), (_tone(0.4), 16000)
+    reference = Wan22SpeechToVideoPipeline(**build_tiny_components("s2v-14B"))(image, audio, **kw).frames[0]
+    pipe = Wan22SpeechToVideoPipeline(**build_tiny_components("s2v-14B"))
+    pipe.enable_memory_mode(mode, device="cpu")
+    assert torch.equal(pipe(image, audio, **kw).frames[0], reference)
