@@ -17,6 +17,7 @@ EPILOG = """examples:
   wan22 generate --model ./Wan2.2-T2V-A14B --prompt "Two cats boxing on a stage." --size 832*480
   wan22 info ./Wan2.2-T2V-A14B
   wan22 plan --size 1280*720 --frame_num 81          # memory of each offload mode for T2V-A14B
+  wan22 plan --precision_table --model i2v-A14B      # which precision policies fit 24 / 40 GB
 """
 
 
@@ -410,23 +411,44 @@ def cmd_info(args) -> int:
 # ------------------------------------------------------------------ wan22 plan (memory planner)
 def add_plan_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model", default="t2v-A14B",
-                        help="'t2v-A14B' (built-in sizes of the real model) or a folder saved by save_pretrained "
+                        help="'t2v-A14B' / 'i2v-A14B' (built-in sizes of the real models) or a folder saved by "
+                             "save_pretrained "
                              "(sizes counted on the meta device, no weights read)")
     parser.add_argument("--size", type=_parse_size, default=(1280, 720), help="W*H (default: 1280*720)")
     parser.add_argument("--frame_num", type=_positive_int, default=81)
     parser.add_argument("--dtype", choices=["bf16", "fp16", "fp32"], default="bf16")
     parser.add_argument("--batched_cfg", action="store_true", help="CFG branches as one batch of 2")
     parser.add_argument("--budget_gb", type=float, default=40.0, help="accelerator budget to recommend a mode for")
+    parser.add_argument("--precision", type=_parse_precision, default=None,
+                        help="expert precision policy, one for both experts or HIGH,LOW (e.g. fp8, "
+                             "int8-weight-only, gguf-q4_k, fp8,bf16); default: every weight in --dtype")
+    parser.add_argument("--scope", choices=["all", "ffn", "attn", "ffn+attn"], default="all",
+                        help="layers a quantizing policy covers (default: %(default)s)")
+    parser.add_argument("--precision_table", action="store_true",
+                        help="which precision policies fit 24 / 40 GB (and --budget_gb) at 832*480 and 1280*720")
+
+
+def _parse_precision(text: str) -> tuple[str, str]:
+    from .memory_planner import POLICY_BYTES
+
+    parts = text.split(",")
+    if len(parts) not in (1, 2) or any(p not in POLICY_BYTES for p in parts):
+        raise argparse.ArgumentTypeError(f"--precision {text!r}: expected POLICY or HIGH,LOW with policies from "
+                                         f"{', '.join(POLICY_BYTES)}")
+    return (parts[0], parts[-1])
 
 
 def _plan_spec(model: str):
-    from .memory_planner import A14B, spec_from_config
+    from .memory_planner import spec_from_config
 
-    if model.lower() in ("t2v-a14b", "a14b"):
-        return A14B
+    from .memory_planner import SPECS
+
+    if model.lower() in SPECS:
+        return SPECS[model.lower()]
     config = Path(model) / "transformer" / "config.json"
     if not config.exists():
-        raise CliError(f"--model {model!r}: expected 't2v-A14B' or a saved pipeline folder with transformer/config.json")
+        raise CliError(f"--model {model!r}: expected 't2v-A14B', 'i2v-A14B' or a saved pipeline folder with "
+                       "transformer/config.json")
     import json
 
     cfg = json.loads(config.read_text())
@@ -439,7 +461,19 @@ def cmd_plan(args) -> int:
     width, height = args.size
     spec = _plan_spec(args.model)
     kwargs = dict(weight_bytes=4 if args.dtype == "fp32" else 2, batched_cfg=args.batched_cfg)
-    print(f"{args.model}: {width}x{height}, {args.frame_num} frames, {args.dtype} (peaks, GB = 1e9 bytes)")
+    if args.precision_table:
+        from .memory_planner import precision_fit_table
+
+        budgets = sorted({24.0, 40.0, args.budget_gb})
+        print(f"{args.model}, {args.frame_num} frames: fastest memory mode that fits each accelerator budget "
+              f"(predicted peak GB; '-' = none fits)")
+        print(precision_fit_table(spec, num_frames=args.frame_num, budgets_gb=budgets, **kwargs))
+        print("Estimates (docs/memory.md, docs/quantization.md); not measured on a GPU.")
+        return 0
+    if args.precision is not None:
+        kwargs.update(precision=args.precision, scope=args.scope)
+    label = args.dtype if args.precision is None else f"{'/'.join(dict.fromkeys(args.precision))} ({args.scope})"
+    print(f"{args.model}: {width}x{height}, {args.frame_num} frames, {label} (peaks, GB = 1e9 bytes)")
     print(plan_table(spec, height, width, args.frame_num, **kwargs))
     best = best_mode(spec, height, width, args.frame_num, args.budget_gb * GB, **kwargs)
     if best is None:

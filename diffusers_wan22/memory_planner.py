@@ -41,6 +41,17 @@ one transformer block, ``U`` an expert's non-block parameters; weights in ``weig
 machine). With ``execution="cpu"`` the model runs in host RAM: the accelerator figure is 0 and host RAM is
 ``O + max over stages (resident weights + that stage's activations)``.
 
+Precision policies (``precision=``, per expert; see `diffusers_wan22.quantization`): an expert's bytes are::
+
+    E = P * bytes(policy)                                 cast policies (fp32 4, bf16 / fp16 2)
+    E = Q * bytes(policy) + (P - Q) * weight_bytes        quantizing policies, Q = weights of the scoped Linears:
+                                                          ffn: L * 2 d f,  attn: L * 8 d^2,  all = ffn+attn
+
+with ``bytes(policy)`` from `POLICY_BYTES` (fp8 / int8 / fp8 weight-only 1; GGUF block sizes, e.g. Q8_0 34/32,
+Q4_K 144/256). A quantizing policy adds one upcast layer (the largest scoped Linear, twice in the compute dtype:
+dequantized copy + cast) to the DiT activations. Not counted: the per-row scales of torchao (< 0.1 % at d = 5120),
+biases, and the ``_keep_in_fp32_modules`` kept in fp32 (~29 M parameters per A14B expert).
+
 These are estimates: activation coefficients come from reading the diffusers 0.42.1 Wan code paths, not from GPU
 measurements; the allocator's fragmentation and the CUDA context (~0.5-1 GB) are not included.
 """
@@ -94,6 +105,78 @@ A14B = ModelSpec(
     text_encoder_params=5_680_910_336, text_encoder_block_params=5_680_910_336 // 24, vae_params=126_892_531,
     dim=5120, ffn_dim=13824, num_heads=40,
 )
+# I2V-A14B: the same experts with a 36-channel patch embedding (16 noise + 4 mask + 16 image-latent channels).
+I2V_A14B = replace(A14B, expert_params=14_288_901_184)
+SPECS = {"t2v-a14b": A14B, "a14b": A14B, "i2v-a14b": I2V_A14B}
+
+# ---------------------------------------------------------------------------------------------------- precision
+# Bytes per stored parameter of the layers a policy covers (the whole expert for the cast policies). GGUF entries are
+# GGML block sizes (bytes per block / values per block), as in `gguf.GGML_QUANT_SIZES`.
+POLICY_BYTES = {
+    "fp32": 4.0, "bf16": 2.0, "fp16": 2.0,
+    "fp8": 1.0, "int8-weight-only": 1.0, "fp8-weight-only": 1.0,
+    "gguf-q8_0": 34 / 32, "gguf-q6_k": 210 / 256, "gguf-q5_k": 176 / 256, "gguf-q5_0": 22 / 32,
+    "gguf-q4_k": 144 / 256, "gguf-q4_0": 18 / 32, "gguf-q3_k": 110 / 256, "gguf-q2_k": 84 / 256,
+}
+CAST_POLICY_NAMES = ("fp32", "bf16", "fp16")
+PLAN_SCOPES = ("all", "ffn", "attn", "ffn+attn")
+# Rows of `precision_fit_table`: (high, low, scope).
+TABLE_POLICIES = (
+    ("bf16", "bf16", "all"), ("fp8", "fp8", "ffn"), ("fp8", "bf16", "all"), ("fp8", "fp8", "all"),
+    ("int8-weight-only", "int8-weight-only", "all"), ("gguf-q8_0", "gguf-q8_0", "all"),
+    ("gguf-q4_k", "gguf-q4_k", "all"),
+)
+
+
+def scoped_params(spec: ModelSpec, scope: str = "all") -> int:
+    """Weights (per expert) of the Linear layers a quantizing policy with ``scope`` covers (biases excluded)."""
+    if scope not in PLAN_SCOPES:
+        raise ValueError(f"Unknown scope {scope!r}; expected one of {PLAN_SCOPES}.")
+    ffn = spec.num_layers * 2 * spec.dim * spec.ffn_dim
+    attn = spec.num_layers * 8 * spec.dim * spec.dim
+    return {"ffn": ffn, "attn": attn, "ffn+attn": ffn + attn, "all": ffn + attn}[scope]
+
+
+def _check_plan_policy(policy: str) -> None:
+    if policy not in POLICY_BYTES:
+        raise ValueError(f"Unknown precision policy {policy!r}; expected one of {tuple(POLICY_BYTES)}.")
+
+
+def expert_weight_bytes(spec: ModelSpec, policy: str | None, scope: str = "all", weight_bytes: float = 2) -> float:
+    """Bytes of one expert stored under ``policy`` (``None``: every parameter in ``weight_bytes``)."""
+    if policy is None:
+        return spec.expert_params * weight_bytes
+    _check_plan_policy(policy)
+    if policy in CAST_POLICY_NAMES:
+        return spec.expert_params * POLICY_BYTES[policy]
+    q = scoped_params(spec, scope)
+    return q * POLICY_BYTES[policy] + (spec.expert_params - q) * weight_bytes
+
+
+def _block_weight_bytes(spec: ModelSpec, policy: str | None, scope: str, weight_bytes: float) -> float:
+    if policy is None:
+        return spec.block_params * weight_bytes
+    if policy in CAST_POLICY_NAMES:
+        return spec.block_params * POLICY_BYTES[policy]
+    q = scoped_params(spec, scope) // spec.num_layers
+    return q * POLICY_BYTES[policy] + (spec.block_params - q) * weight_bytes
+
+
+def _upcast_bytes(spec: ModelSpec, policy: str | None, scope: str, b: int) -> float:
+    """Transient of a quantizing policy: the largest scoped Linear dequantized and cast to the compute dtype."""
+    if policy is None or policy in CAST_POLICY_NAMES:
+        return 0.0
+    largest = spec.dim * spec.ffn_dim if scope in ("all", "ffn", "ffn+attn") else spec.dim * spec.dim
+    return 2 * largest * b
+
+
+def _expert_policies(spec: ModelSpec, precision) -> list[str | None]:
+    if precision is None or isinstance(precision, str):
+        return [precision] * spec.num_experts
+    policies = list(precision)
+    if len(policies) != 2:
+        raise ValueError(f"`precision` must be a policy or a (high, low) pair; got {precision!r}.")
+    return policies[: spec.num_experts]
 
 
 @dataclass
@@ -151,6 +234,8 @@ def estimate_memory(
     prefetch: bool = False,
     execution: str = "accelerator",
     host_overhead: float = HOST_OVERHEAD,
+    precision: str | tuple[str | None, str | None] | None = None,
+    scope: str = "all",
 ) -> MemoryEstimate:
     """Peak accelerator memory and host RAM of one call (see the module docstring for every formula).
 
@@ -163,24 +248,29 @@ def estimate_memory(
         prefetch: group offload with streams (one more group on the accelerator). The lazy-experts prefetch
             does not change the process's host RAM (it warms the OS page cache).
         execution: ``"accelerator"`` or ``"cpu"`` (the model runs in host RAM, as in the CPU benchmark).
+        precision: expert precision policy (`POLICY_BYTES`), one for both experts or ``(high, low)``; ``None``
+            stores every expert parameter in ``weight_bytes``. ``scope``: the layers a quantizing policy covers.
     """
     if mode not in MODES:
         raise ValueError(f"Unknown mode {mode!r}; expected one of {MODES}.")
     b = compute_bytes or weight_bytes
     tiling = (mode != "none") if vae_tiling is None else vae_tiling
     tokens = dit_tokens(spec, height, width, num_frames, batch * (2 if batched_cfg else 1))
-    E = spec.expert_params * weight_bytes
+    policies = _expert_policies(spec, precision)
+    experts = [expert_weight_bytes(spec, p, scope, weight_bytes) for p in policies]
+    E = max(experts)  # the larger expert is what one-expert-at-a-time modes must hold
     T = spec.text_encoder_params * weight_bytes
     V = spec.vae_params * weight_bytes
-    G = spec.block_params * weight_bytes
+    G = max(_block_weight_bytes(spec, p, scope, weight_bytes) for p in policies)
     U = (spec.expert_params - spec.num_layers * spec.block_params) * weight_bytes  # embeddings, head, tables
     act_te = batch * TEXT_LEN * (2 * spec.text_encoder_ffn + 6 * spec.text_encoder_dim) * 4
     embeds = 2 * batch * TEXT_LEN * spec.dim * b + 2 * batch * TEXT_LEN * spec.text_encoder_dim * 4
     latents = 4 * batch * spec.latent_channels * dit_tokens(spec, height, width, num_frames, 1) * 4 * 3
-    act_dit = dit_activation_bytes(spec, tokens, b) + embeds + latents
+    act_dit = (dit_activation_bytes(spec, tokens, b) + embeds + latents
+               + max(_upcast_bytes(spec, p, scope, b) for p in policies))
     act_vae = batch * vae_decode_bytes(spec, height, width, num_frames, b, tiling)
-    all_weights = T + spec.num_experts * E + V
-    moe_resident = spec.num_experts * E
+    moe_resident = sum(experts)
+    all_weights = T + moe_resident + V
 
     if mode == "none":
         stages = {"text": all_weights + act_te, "denoise": all_weights + act_dit, "decode": all_weights + act_vae}
@@ -271,7 +361,7 @@ def spec_from_config(transformer_config: dict, text_encoder_params: int = A14B.t
     from diffusers import WanTransformer3DModel
 
     cfg = {k: v for k, v in dict(transformer_config).items()
-           if not k.startswith("_") and k not in ("boundary_ratio", "num_train_timesteps")}
+           if not k.startswith("_") and k not in ("boundary_ratio", "num_train_timesteps", "expert_precision")}
     with init_empty_weights(include_buffers=True):
         expert = WanTransformer3DModel(**cfg)
     spec = spec_from_modules(expert, text_encoder_params=text_encoder_params, vae_params=vae_params)
@@ -288,3 +378,35 @@ def plan_table(spec: ModelSpec, height: int, width: int, num_frames: int, **kwar
     for est in estimate_all(spec, height, width, num_frames, **kwargs):
         rows.append(f"{est.mode:15s} {est.accelerator_gb:15.1f} {est.host_gb:12.1f}")
     return "\n".join(rows)
+
+
+def _policy_label(high: str | None, low: str | None, scope: str) -> str:
+    quantizing = any(p not in (None, *CAST_POLICY_NAMES) for p in (high, low))
+    name = high if high == low else f"{high}/{low}"
+    return f"{name} ({scope})" if quantizing and scope != "all" else name
+
+
+def precision_fit_table(spec: ModelSpec, sizes=((832, 480), (1280, 720)), num_frames: int = 81,
+                        budgets_gb=(24.0, 40.0), policies=TABLE_POLICIES, markdown: bool = False, **kwargs) -> str:
+    """Which precision policies fit which accelerator budget: per (policy, size, budget), the fastest memory mode
+    that fits (`best_mode`) and its predicted peak, or ``-`` when none does.
+
+    ``policies``: ``(high, low, scope)`` rows (default `TABLE_POLICIES`). Sizes are ``(width, height)``.
+    """
+    header = ["policy (high/low)", "weights GB (2 experts)"] + [
+        f"{w}x{h}x{num_frames} <= {g:g} GB" for (w, h) in sizes for g in budgets_gb]
+    rows = []
+    for high, low, scope in policies:
+        weights = sum(expert_weight_bytes(spec, p, scope, kwargs.get("weight_bytes", 2)) for p in
+                      _expert_policies(spec, (high, low)))
+        cells = [_policy_label(high, low, scope), f"{weights / GB:.1f}"]
+        for w, h in sizes:
+            for budget in budgets_gb:
+                est = best_mode(spec, h, w, num_frames, budget * GB, precision=(high, low), scope=scope, **kwargs)
+                cells.append("-" if est is None else f"{est.mode} {est.accelerator_gb:.1f}")
+        rows.append(cells)
+    if markdown:
+        lines = ["| " + " | ".join(header) + " |", "| " + " | ".join("---" for _ in header) + " |"]
+        return "\n".join(lines + ["| " + " | ".join(r) + " |" for r in rows])
+    widths = [max(len(r[i]) for r in [header] + rows) for i in range(len(header))]
+    return "\n".join("  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in [header] + rows)

@@ -350,6 +350,12 @@ class Wan22OffloadMixin:
         if any(getattr(e, "_hf_peft_config_loaded", False) for e in self.transformer.experts_named()):
             raise ValueError("Lazy experts re-read the saved weights and would drop LoRA adapters; fuse and save "
                              "the pipeline first, or do not use lazy experts with adapters.")
+        from .quantization import quantization_state
+
+        quantized = {n: quantization_state(self.transformer.get_expert(n)) for n in self.transformer.loaded_experts}
+        if any(state not in (None, "layerwise") for state in quantized.values()):
+            raise ValueError(f"Lazy experts re-read plain tensors and cannot hold torchao / GGUF experts "
+                             f"({quantized}).")
         if source is None:
             raise ValueError("`enable_lazy_experts` needs a source: a folder written by `save_pretrained` or a dict "
                              "{'high': source, 'low': source}.")
@@ -603,6 +609,10 @@ def meta_moe_from_folder(folder: str | os.PathLike, torch_dtype: torch.dtype | N
             module_name, _, attr = name.rpartition(".")
             module = model.get_submodule(module_name)
             module._parameters[attr] = torch.nn.Parameter(torch.empty_like(p, dtype=dtype), requires_grad=False)
+    if config.get("expert_precision"):  # saved per-expert precision: same dtypes and fp8 hooks as from_pretrained
+        from .quantization import apply_stored_precision
+
+        apply_stored_precision(model)
     return model.eval()
 
 

@@ -32,6 +32,8 @@ class WanMoETransformer3DModel(ModelMixin, ConfigMixin, PeftAdapterMixin, CacheM
     Args:
         boundary_ratio (`float`): switch point as a fraction of `num_train_timesteps` (T2V 0.875, I2V 0.900).
         num_train_timesteps (`int`): the training timestep count the boundary is scaled by (1000).
+        expert_precision (`dict`, *optional*): per-expert precision records written by `set_expert_precision`
+            (``{"high": {"policy": "fp8", "scope": "ffn", ...}, "low": None}``); `from_pretrained` re-applies them.
         Other arguments: see `diffusers.WanTransformer3DModel`.
     """
 
@@ -65,6 +67,7 @@ class WanMoETransformer3DModel(ModelMixin, ConfigMixin, PeftAdapterMixin, CacheM
         pos_embed_seq_len: int | None = None,
         boundary_ratio: float = 0.875,
         num_train_timesteps: int = 1000,
+        expert_precision: dict | None = None,
     ) -> None:
         super().__init__()
         if not 0.0 <= boundary_ratio <= 1.0:
@@ -78,6 +81,10 @@ class WanMoETransformer3DModel(ModelMixin, ConfigMixin, PeftAdapterMixin, CacheM
         )
         self.high_noise_expert = WanTransformer3DModel(**expert_kwargs)
         self.low_noise_expert = WanTransformer3DModel(**expert_kwargs)
+        if expert_precision:  # saved per-expert precision: build the experts in their stored dtypes (+ fp8 hooks)
+            from ..quantization import apply_stored_precision
+
+            apply_stored_precision(self, restorable_only=True)
 
     # ------------------------------------------------------------------ construction
     @classmethod
@@ -105,7 +112,67 @@ class WanMoETransformer3DModel(ModelMixin, ConfigMixin, PeftAdapterMixin, CacheM
             model = cls(**high_cfg, boundary_ratio=boundary_ratio, num_train_timesteps=num_train_timesteps)
         model.high_noise_expert = high_noise_expert
         model.low_noise_expert = low_noise_expert
+        records = {name: getattr(e, "_wan22_precision", None) for name, e in
+                   ((HIGH, high_noise_expert), (LOW, low_noise_expert)) if e is not None}
+        if any(records.values()):  # experts quantized before wrapping keep their record
+            model.register_to_config(expert_precision=records)
         return model
+
+    @classmethod
+    def from_pretrained(cls, pretrained_model_name_or_path, **kwargs) -> "WanMoETransformer3DModel":
+        """`ModelMixin.from_pretrained` that keeps the saved per-expert precision (``expert_precision``).
+
+        The experts are built in their stored dtypes with their fp8 hooks (see `__init__`), so the saved fp8 / bf16
+        tensors load without a full-precision copy; a ``torch_dtype`` cast is undone afterwards.
+        """
+        model = super().from_pretrained(pretrained_model_name_or_path, **kwargs)
+        if model.config.get("expert_precision"):
+            from ..quantization import apply_stored_precision
+
+            apply_stored_precision(model)
+        return model
+
+    def save_pretrained(self, save_directory, *args, **kwargs) -> None:
+        """`ModelMixin.save_pretrained`; refuses experts whose weights diffusers cannot write (torchao, GGUF)."""
+        from ..quantization import check_serializable
+
+        check_serializable(self)
+        super().save_pretrained(save_directory, *args, **kwargs)
+
+    @classmethod
+    def from_gguf(cls, high, low, config, compute_dtype: torch.dtype = torch.bfloat16,
+                  boundary_ratio: float = 0.875) -> "WanMoETransformer3DModel":
+        """Both experts from per-expert GGUF files (see `diffusers_wan22.quantization.moe_from_gguf`)."""
+        from ..quantization import moe_from_gguf
+
+        return moe_from_gguf(high, low, config, compute_dtype=compute_dtype, boundary_ratio=boundary_ratio)
+
+    # ------------------------------------------------------------------ precision
+    def set_expert_precision(self, high: str | None = None, low: str | None = None, scope: str = "all",
+                             compute_dtype: torch.dtype | str | None = None) -> dict:
+        """Per-expert precision policy (``"bf16"``, ``"fp8"``, ``"int8-weight-only"``, ...; ``scope`` ``"all"``,
+        ``"ffn"``, ``"attn"``, ``"ffn+attn"``). See `diffusers_wan22.quantization`."""
+        from ..quantization import set_expert_precision
+
+        return set_expert_precision(self, high=high, low=low, scope=scope, compute_dtype=compute_dtype)
+
+    def load_gguf_expert(self, name: str, path, compute_dtype: torch.dtype | None = None) -> WanTransformer3DModel:
+        """Replace expert ``name`` with a GGUF file (same config), through diffusers' GGUF quantizer."""
+        from ..quantization import replace_expert_with_gguf
+
+        return replace_expert_with_gguf(self, name, path, compute_dtype)
+
+    def precision_report(self) -> dict:
+        """Per expert: precision record, parameter bytes as stored, parameter count, compute dtype."""
+        from ..quantization import precision_report
+
+        return precision_report(self)
+
+    @property
+    def input_dtype(self) -> torch.dtype:
+        """The widest compute dtype of the loaded experts: what the pipeline feeds in (each expert casts down)."""
+        dtypes = {e.dtype for e in self.experts_named()}
+        return dtypes.pop() if len(dtypes) == 1 else torch.float32
 
     # ------------------------------------------------------------------ routing
     @property
@@ -162,6 +229,13 @@ class WanMoETransformer3DModel(ModelMixin, ConfigMixin, PeftAdapterMixin, CacheM
         if model is None:
             raise ValueError(f"The {expert}-noise expert is needed for timestep {timestep.flatten().tolist()} but "
                              "was not loaded.")
+        dtype = model.dtype  # experts may compute in different dtypes (per-expert precision)
+        if hidden_states.dtype != dtype:
+            hidden_states = hidden_states.to(dtype)
+        if encoder_hidden_states.dtype != dtype:
+            encoder_hidden_states = encoder_hidden_states.to(dtype)
+        if encoder_hidden_states_image is not None and encoder_hidden_states_image.dtype != dtype:
+            encoder_hidden_states_image = encoder_hidden_states_image.to(dtype)
         return model(
             hidden_states=hidden_states,
             timestep=timestep,

@@ -88,10 +88,15 @@ class Wan22Pipeline(Wan22OffloadMixin, Wan22ParallelMixin, Wan22LoraLoaderMixin,
 
         Reads `high_noise_model/` + `low_noise_model/` (A14B) or the root DiT (TI2V-5B), the official T5 `.pth`,
         the VAE `.pth` and `google/umt5-xxl/`; the scheduler is UniPC with the variant's official shift.
+        ``expert_precision={"high": ..., "low": ..., "scope": ...}`` applies `set_expert_precision` after loading.
         """
         from ..loading import load_official_components
 
-        return cls(**load_official_components(ckpt_dir, torch_dtype=torch_dtype, **kwargs))
+        expert_precision = kwargs.pop("expert_precision", None)
+        pipe = cls(**load_official_components(ckpt_dir, torch_dtype=torch_dtype, **kwargs))
+        if expert_precision is not None:  # e.g. {"high": "fp8", "low": "fp8", "scope": "ffn"}
+            pipe.set_expert_precision(**expert_precision)
+        return pipe
 
     @classmethod
     def from_pretrained(cls, pretrained_model_name_or_path: str | os.PathLike, **kwargs):
@@ -117,6 +122,35 @@ class Wan22Pipeline(Wan22OffloadMixin, Wan22ParallelMixin, Wan22LoraLoaderMixin,
         return cls(tokenizer=stock.tokenizer, text_encoder=stock.text_encoder, transformer=transformer,
                    vae=stock.vae, scheduler=stock.scheduler)
 
+    # ------------------------------------------------------------------ precision
+    def set_expert_precision(self, high: str | None = None, low: str | None = None, scope: str = "all",
+                             compute_dtype: torch.dtype | str | None = None) -> dict:
+        """Store / compute each A14B expert in its own precision (``None`` leaves an expert unchanged).
+
+        Policies: ``"fp32"``, ``"bf16"``, ``"fp16"`` (cast), ``"fp8"`` (fp8 storage, ``compute_dtype`` compute via
+        diffusers layerwise casting), ``"int8-weight-only"`` / ``"fp8-weight-only"`` (torchao). ``scope`` limits a
+        quantizing policy to ``"ffn"``, ``"attn"`` or ``"ffn+attn"`` of the blocks. Unsupported combinations raise.
+        Apply it before enabling lazy experts. See `diffusers_wan22.quantization` and docs/quantization.md.
+
+        Example: ``pipe.set_expert_precision(high="fp8", low="fp8", scope="ffn")``.
+        """
+        if not self.is_moe:
+            raise ValueError("`set_expert_precision` needs the A14B mixture of experts; for a dense transformer use "
+                             "`diffusers_wan22.quantization.apply_precision(pipe.transformer, policy, scope)`.")
+        if getattr(self, "_lazy_experts", None) is not None:
+            raise ValueError("Lazy experts are enabled: they re-read the saved weights, so set the precision before "
+                             "`enable_lazy_experts` (or save the quantized pipeline and load it with lazy_experts).")
+        return self.transformer.set_expert_precision(high=high, low=low, scope=scope, compute_dtype=compute_dtype)
+
+    def save_pretrained(self, save_directory, *args, **kwargs):
+        """`DiffusionPipeline.save_pretrained`; checks first that every expert can be written (not torchao/GGUF),
+        so a refused save leaves no partial folder behind."""
+        if self.is_moe:
+            from ..quantization import check_serializable
+
+            check_serializable(self.transformer)
+        return super().save_pretrained(save_directory, *args, **kwargs)
+
     # ------------------------------------------------------------------ properties
     @property
     def is_moe(self) -> bool:
@@ -138,7 +172,8 @@ class Wan22Pipeline(Wan22OffloadMixin, Wan22ParallelMixin, Wan22LoraLoaderMixin,
 
     @property
     def transformer_dtype(self) -> torch.dtype:
-        return self.transformer.dtype
+        # A MoE whose experts compute in different dtypes gets the widest one; each expert casts down.
+        return self.transformer.input_dtype if self.is_moe else self.transformer.dtype
 
     @property
     def transformer_config(self):
