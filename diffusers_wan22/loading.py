@@ -115,12 +115,16 @@ def load_official_components(
         scheduler=official_scheduler(variant),
     )
     if variant == "s2v-14B":
-        components.update(load_official_audio_stack(root, torch_dtype))
+        components.update(load_official_audio_stack(root))  # float32, as the official code runs it
     return components
 
 
 def load_official_audio_stack(ckpt_dir: str | os.PathLike, torch_dtype: torch.dtype | None = None) -> dict:
-    """The wav2vec2 model (`Wav2Vec2ForCTC`, as the official code loads it) and its feature extractor."""
+    """The wav2vec2 model (`Wav2Vec2ForCTC`, as the official code loads it) and its feature extractor.
+
+    The official code runs wav2vec2 in float32 whatever the DiT's dtype; so do we unless ``torch_dtype`` is given
+    explicitly for it here (`load_official_components` does not pass the pipeline's dtype on).
+    """
     from transformers import Wav2Vec2FeatureExtractor, Wav2Vec2ForCTC
 
     folder = _require(Path(ckpt_dir) / WAV2VEC_DIR, "wav2vec2 audio encoder folder")

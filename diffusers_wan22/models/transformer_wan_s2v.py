@@ -86,6 +86,7 @@ class WanS2VAudioEncoder(nn.Module):
         """``features`` [B, layers, C, T] → (global [B, T', 1, D] or None, local tokens [B, T', num_tokens+1, D])."""
         weights = F.silu(self.layer_weights.float())
         x = ((features.float() * weights) / weights.sum(dim=1, keepdim=True)).sum(dim=1)  # [B, C, T]
+        x = x.to(self.conv1_local.weight.dtype)  # mixed in float32, convolved in the model's dtype
         batch = x.shape[0]
         local = self.conv1_local(x)  # [B, n*C', T]
         local = local.unflatten(1, (self.num_tokens, -1)).flatten(0, 1)  # [(B n), C', T]
