@@ -41,7 +41,7 @@ from diffusers_wan22.quantization import (  # noqa: E402
 )
 
 FIXTURE = OFFICIAL / "t2v_a14b"
-FP8_FFN_ONE_EXPERT_BOUND = 3e-2  # measured 1.0e-2 (docs/quantization.md); bf16 compute alone gives ~0.6e-2
+FP8_FFN_ONE_EXPERT_BOUND = 3e-2  # measured 5.8e-3 (docs/quantization.md); both experts in bf16: 1.1e-2
 
 
 def rel_l2(a: torch.Tensor, b: torch.Tensor) -> float:
