@@ -86,10 +86,49 @@ def load_official_text_stack(ckpt_dir: str | os.PathLike, torch_dtype: torch.dty
     )
 
 
+def official_expert_sources(ckpt_dir: str | os.PathLike) -> dict:
+    """Lazy-expert sources reading the official expert folders in place (keys renamed on the fly)."""
+    from .conversion.official import official_dit_key_to_diffusers
+    from .offload import SafetensorsExpertSource
+
+    root = Path(ckpt_dir)
+    return {name: SafetensorsExpertSource(root / EXPERT_DIRS[name], key_map=official_dit_key_to_diffusers)
+            for name in ("high", "low")}
+
+
+def meta_moe_from_official(ckpt_dir: str | os.PathLike, boundary_ratio: float, torch_dtype: torch.dtype | None = None):
+    """The MoE of an official A14B folder with every parameter on ``meta``, in the dtypes eager loading gives
+    (``torch_dtype``, or each stored tensor's dtype): what `enable_lazy_experts` fills in one expert at a time."""
+    from accelerate import init_empty_weights
+    from diffusers import WanTransformer3DModel
+
+    from .conversion.official import dit_config_from_official, official_dit_key_to_diffusers, read_safetensors_folder
+    from .models.transformer_wan_moe import WanMoETransformer3DModel
+
+    experts = []
+    for name in ("high", "low"):
+        folder = _require(Path(ckpt_dir) / EXPERT_DIRS[name], f"{name}-noise expert")
+        files = read_safetensors_folder(folder)
+        config = dit_config_from_official(_read_json(folder / "config.json"), {k: v[1] for k, v in files.items()})
+        with init_empty_weights():
+            expert = WanTransformer3DModel(**config)
+        stored = {official_dit_key_to_diffusers(k): v[2] for k, v in files.items()}
+        for key, param in list(expert.named_parameters()):
+            dtype = torch_dtype or getattr(torch, _SAFETENSORS_DTYPE_NAMES.get(stored.get(key), "float32"))
+            if param.dtype != dtype:
+                module_name, _, attr = key.rpartition(".")
+                expert.get_submodule(module_name)._parameters[attr] = torch.nn.Parameter(
+                    torch.empty_like(param, dtype=dtype), requires_grad=False)
+        experts.append(expert.eval())
+    return WanMoETransformer3DModel.from_experts(*experts, boundary_ratio=boundary_ratio)
+
+
 def load_official_components(
-    ckpt_dir: str | os.PathLike, torch_dtype: torch.dtype | None = None, variant: str | None = None
+    ckpt_dir: str | os.PathLike, torch_dtype: torch.dtype | None = None, variant: str | None = None,
+    lazy_experts: bool = False,
 ) -> dict:
-    """Every component of a `Wan22Pipeline` (or its image-to-video sibling) from an official folder."""
+    """Every component of a `Wan22Pipeline` (or its image-to-video / speech-to-video sibling) from an official
+    folder. ``lazy_experts=True`` builds the A14B experts on ``meta`` (see `meta_moe_from_official`)."""
     from .conversion.official import load_official_transformer, load_official_vae
     from .models.transformer_wan_moe import WanMoETransformer3DModel
 
@@ -100,7 +139,11 @@ def load_official_components(
 
     check_official_folder(root, variant)  # every file present and well-formed before the first tensor is read
     vae_path = _require(root / VAE_FILES[defaults.vae_version], f"VAE {defaults.vae_version}")
-    if defaults.boundary_ratio is not None:
+    if lazy_experts and defaults.boundary_ratio is None:
+        raise ValueError(f"lazy_experts applies to the A14B mixtures of experts, not to {variant}.")
+    if lazy_experts:
+        transformer = meta_moe_from_official(root, defaults.boundary_ratio, torch_dtype)
+    elif defaults.boundary_ratio is not None:
         high, low = (
             load_official_transformer(_require(root / EXPERT_DIRS[k], f"{k}-noise expert"), torch_dtype=torch_dtype)
             for k in ("high", "low")

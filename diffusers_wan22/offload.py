@@ -82,12 +82,13 @@ class SafetensorsExpertSource:
     """An expert stored in a diffusers model folder (single or sharded safetensors) under ``prefix``.
 
     ``SafetensorsExpertSource(folder / "transformer", "high_noise_expert.")`` reads the keys of our saved MoE;
-    ``prefix=""`` reads a whole stock `WanTransformer3DModel` folder. Tensors are read one at a time
+    ``prefix=""`` reads a whole stock `WanTransformer3DModel` folder; ``key_map`` renames keys (e.g.
+    `official_dit_key_to_diffusers` to read an official expert folder as is). Tensors are read one at a time
     (``safe_open``), so a read can stop and resume (partial prefetch).
     """
 
-    def __init__(self, folder: str | os.PathLike, prefix: str = ""):
-        self.folder, self.prefix = Path(folder), prefix
+    def __init__(self, folder: str | os.PathLike, prefix: str = "", key_map: Callable[[str], str] | None = None):
+        self.folder, self.prefix, self.key_map = Path(folder), prefix, key_map
         index = self.folder / f"{SAFETENSORS_WEIGHTS}.index.json"
         if index.exists():
             weight_map = json.loads(index.read_text())["weight_map"]
@@ -143,7 +144,8 @@ class SafetensorsExpertSource:
         for file, keys in self.files.items():
             with safe_open(self.folder / file, framework="pt") as f:
                 for key in keys:
-                    yield key[len(self.prefix):], f.get_tensor(key)
+                    name = key[len(self.prefix):]
+                    yield (self.key_map(name) if self.key_map else name), f.get_tensor(key)
 
 
 class CallableExpertSource:

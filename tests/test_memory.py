@@ -235,3 +235,26 @@ def test_cli_plan(capsys):
     assert main(["plan", "--size", "1280*720", "--frame_num", "81"]) == 0
     out = capsys.readouterr().out
     assert "group_offload" in out and "Fastest mode within 40 GB" in out
+
+
+@pytest.mark.parametrize("torch_dtype", [None, torch.float32])
+def test_lazy_experts_straight_from_an_official_folder(torch_dtype):
+    """`from_official(..., lazy_experts=True)`: no expert is read at load time, each is read once from the official
+    safetensors (keys renamed on the fly), and the latents equal the eager load's."""
+    from conftest import OFFICIAL
+
+    from diffusers_wan22 import Wan22Pipeline
+
+    folder = OFFICIAL / "t2v_a14b"
+    kw = dict(prompt="Two cats boxing on a stage.", height=64, width=64, num_frames=5, num_inference_steps=6,
+              output_type="latent")
+    eager = Wan22Pipeline.from_official(folder, torch_dtype=torch_dtype)
+    expected = eager(**kw, generator=torch.Generator().manual_seed(0)).frames
+    lazy = Wan22Pipeline.from_official(folder, torch_dtype=torch_dtype, lazy_experts=True)
+    assert not any(lazy.lazy_experts.is_materialised(n) for n in ("high", "low"))
+    assert {n: p.dtype for n, p in lazy.transformer.named_parameters()} == \
+        {n: p.dtype for n, p in eager.transformer.named_parameters()}
+    out = lazy(**kw, generator=torch.Generator().manual_seed(0))
+    assert out.experts == ["high"] * 4 + ["low"] * 2
+    assert torch.equal(out.frames, expected)
+    assert dict(lazy.lazy_experts.reads) == {"high": 1, "low": 1}

@@ -89,11 +89,19 @@ class Wan22Pipeline(Wan22OffloadMixin, Wan22ParallelMixin, Wan22LoraLoaderMixin,
         Reads `high_noise_model/` + `low_noise_model/` (A14B) or the root DiT (TI2V-5B), the official T5 `.pth`,
         the VAE `.pth` and `google/umt5-xxl/`; the scheduler is UniPC with the variant's official shift.
         ``expert_precision={"high": ..., "low": ..., "scope": ...}`` applies `set_expert_precision` after loading.
+        ``lazy_experts=True`` (with ``prefetch_steps`` / ``prefetch_bytes``) reads no expert now: each is read from
+        the official folder at its first step and released when the other runs (host RAM holds one expert).
         """
         from ..loading import load_official_components
 
         expert_precision = kwargs.pop("expert_precision", None)
-        pipe = cls(**load_official_components(ckpt_dir, torch_dtype=torch_dtype, **kwargs))
+        lazy = kwargs.pop("lazy_experts", False)
+        lazy_kwargs = {k: kwargs.pop(k) for k in ("prefetch_steps", "prefetch_bytes") if k in kwargs}
+        pipe = cls(**load_official_components(ckpt_dir, torch_dtype=torch_dtype, lazy_experts=lazy, **kwargs))
+        if lazy:  # the experts stay on meta; each is read from the official folder at its first step
+            from ..loading import official_expert_sources
+
+            pipe.enable_lazy_experts(official_expert_sources(ckpt_dir), **lazy_kwargs)
         if expert_precision is not None:  # e.g. {"high": "fp8", "low": "fp8", "scope": "ffn"}
             pipe.set_expert_precision(**expert_precision)
         return pipe
