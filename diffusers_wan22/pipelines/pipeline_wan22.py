@@ -471,6 +471,34 @@ class Wan22Pipeline(Wan22OffloadMixin, Wan22ParallelMixin, Wan22LoraLoaderMixin,
         mask[0] = 0
         return mask.flatten()
 
+    def resolve_call_defaults(self, num_frames, num_inference_steps, expert_steps, guidance_scale, guidance_scale_2):
+        """(num_frames, num_inference_steps, (high, low) guidance) with the variant's official defaults filled in."""
+        d = self.variant_defaults
+        num_frames = d.num_frames if num_frames is None else num_frames
+        if num_inference_steps is None:
+            num_inference_steps = sum(expert_steps) if expert_steps is not None else d.sample_steps
+        return num_frames, num_inference_steps, self.resolve_guidance(guidance_scale, guidance_scale_2)
+
+    def begin_call(self, scales, attention_kwargs, batched_cfg: bool, prompt, prompt_embeds) -> tuple:
+        """Reset the per-call state; returns (execution device, prompt batch size)."""
+        self._guidance_scale, self._guidance_scale_2 = scales
+        self._attention_kwargs = attention_kwargs
+        self._batched_cfg = batched_cfg
+        self._current_timestep = None
+        self._interrupt = False
+        batch_size = 1 if isinstance(prompt, str) else len(prompt) if prompt is not None else prompt_embeds.shape[0]
+        return self._execution_device, batch_size
+
+    def initial_latents(self, batch: int, num_frames: int, height: int, width: int, generator, latents, device):
+        """The initial noise ``[B, C, F_lat, H/s, W/s]`` (float32, on ``device``): the caller's, checked, or drawn."""
+        channels = self.transformer_config.out_channels
+        shape = (batch, channels, (num_frames - 1) // self.vae_scale_factor_temporal + 1,
+                 height // self.vae_scale_factor_spatial, width // self.vae_scale_factor_spatial)
+        if latents is not None:
+            self._check_latents_shape(latents, shape)
+        return self.prepare_latents(batch, channels, height, width, num_frames, torch.float32, device, generator,
+                                    latents)
+
     def _latent_stats(self, device, dtype) -> tuple[torch.Tensor, torch.Tensor]:
         """The VAE's latent mean and 1/std, shaped to broadcast over ``[B, C, F, H, W]``."""
         cfg = self.vae.config
@@ -555,23 +583,16 @@ class Wan22Pipeline(Wan22OffloadMixin, Wan22ParallelMixin, Wan22LoraLoaderMixin,
         d = self.variant_defaults
         height = d.height if height is None else height
         width = d.width if width is None else width
-        num_frames = d.num_frames if num_frames is None else num_frames
-        if num_inference_steps is None:
-            num_inference_steps = sum(expert_steps) if expert_steps is not None else d.sample_steps
-        scales = self.resolve_guidance(guidance_scale, guidance_scale_2)
+        num_frames, num_inference_steps, scales = self.resolve_call_defaults(
+            num_frames, num_inference_steps, expert_steps, guidance_scale, guidance_scale_2
+        )
 
         # 1. Check inputs (before any heavy work)
         self.check_call_inputs(
             prompt, negative_prompt, height, width, num_frames, num_inference_steps, scales, boundary_ratio,
             prompt_embeds, negative_prompt_embeds, latents, callback_on_step_end_tensor_inputs, expert_steps,
         )
-        self._guidance_scale, self._guidance_scale_2 = scales
-        self._attention_kwargs = attention_kwargs
-        self._batched_cfg = batched_cfg
-        self._current_timestep = None
-        self._interrupt = False
-        device = self._execution_device
-        batch_size = 1 if isinstance(prompt, str) else len(prompt) if prompt is not None else prompt_embeds.shape[0]
+        device, batch_size = self.begin_call(scales, attention_kwargs, batched_cfg, prompt, prompt_embeds)
 
         # 2. Timesteps, and the expert + guidance of every step (cheap; refuses a schedule needing a missing expert)
         timesteps, experts, step_scales = self.plan_steps(
@@ -586,16 +607,8 @@ class Wan22Pipeline(Wan22OffloadMixin, Wan22ParallelMixin, Wan22LoraLoaderMixin,
         )
 
         # 4. Initial noise
-        channels = self.transformer_config.out_channels
-        latent_shape = (
-            batch_size * num_videos_per_prompt, channels, (num_frames - 1) // self.vae_scale_factor_temporal + 1,
-            height // self.vae_scale_factor_spatial, width // self.vae_scale_factor_spatial,
-        )
-        if latents is not None:
-            self._check_latents_shape(latents, latent_shape)
-        latents = self.prepare_latents(
-            latent_shape[0], channels, height, width, num_frames, torch.float32, device, generator, latents
-        )
+        latents = self.initial_latents(batch_size * num_videos_per_prompt, num_frames, height, width, generator,
+                                       latents, device)
 
         # 5. Denoise
         latents = self.denoise(

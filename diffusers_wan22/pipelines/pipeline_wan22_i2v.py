@@ -98,11 +98,9 @@ class Wan22ImageToVideoPipeline(Wan22Pipeline):
         """
         if isinstance(callback_on_step_end, (PipelineCallback, MultiPipelineCallbacks)):
             callback_on_step_end_tensor_inputs = callback_on_step_end.tensor_inputs
-        d = self.variant_defaults
-        num_frames = d.num_frames if num_frames is None else num_frames
-        if num_inference_steps is None:
-            num_inference_steps = sum(expert_steps) if expert_steps is not None else d.sample_steps
-        scales = self.resolve_guidance(guidance_scale, guidance_scale_2)
+        num_frames, num_inference_steps, scales = self.resolve_call_defaults(
+            num_frames, num_inference_steps, expert_steps, guidance_scale, guidance_scale_2
+        )
 
         # 1. Check inputs (image type and size rule first: both are cheap)
         pil = to_pil(image)
@@ -111,13 +109,7 @@ class Wan22ImageToVideoPipeline(Wan22Pipeline):
             prompt, negative_prompt, height, width, num_frames, num_inference_steps, scales, boundary_ratio,
             prompt_embeds, negative_prompt_embeds, latents, callback_on_step_end_tensor_inputs, expert_steps,
         )
-        self._guidance_scale, self._guidance_scale_2 = scales
-        self._attention_kwargs = attention_kwargs
-        self._batched_cfg = batched_cfg
-        self._current_timestep = None
-        self._interrupt = False
-        device = self._execution_device
-        batch_size = 1 if isinstance(prompt, str) else len(prompt) if prompt is not None else prompt_embeds.shape[0]
+        device, batch_size = self.begin_call(scales, attention_kwargs, batched_cfg, prompt, prompt_embeds)
         batch = batch_size * num_videos_per_prompt
 
         # 2. Timesteps, and the expert + guidance of every step
@@ -133,13 +125,7 @@ class Wan22ImageToVideoPipeline(Wan22Pipeline):
         )
 
         # 4. Initial noise, and the image condition
-        channels = self.transformer_config.out_channels
-        latent_shape = (batch, channels, (num_frames - 1) // self.vae_scale_factor_temporal + 1,
-                        height // self.vae_scale_factor_spatial, width // self.vae_scale_factor_spatial)
-        if latents is not None:
-            self._check_latents_shape(latents, latent_shape)
-        latents = self.prepare_latents(batch, channels, height, width, num_frames, torch.float32, device, generator,
-                                       latents)
+        latents = self.initial_latents(batch, num_frames, height, width, generator, latents, device)
         first_frame = (i2v_a14b_image if self.is_moe else ti2v_image)(pil, width, height)
         condition = self.image_condition(first_frame, num_frames, batch, device)
 
