@@ -141,24 +141,33 @@ def load_official_components(
     vae_path = _require(root / VAE_FILES[defaults.vae_version], f"VAE {defaults.vae_version}")
     if lazy_experts and defaults.boundary_ratio is None:
         raise ValueError(f"lazy_experts applies to the A14B mixtures of experts, not to {variant}.")
-    if lazy_experts:
-        transformer = meta_moe_from_official(root, defaults.boundary_ratio, torch_dtype)
-    elif defaults.boundary_ratio is not None:
-        high, low = (
-            load_official_transformer(_require(root / EXPERT_DIRS[k], f"{k}-noise expert"), torch_dtype=torch_dtype)
-            for k in ("high", "low")
-        )
-        transformer = WanMoETransformer3DModel.from_experts(high, low, boundary_ratio=defaults.boundary_ratio)
-    else:
-        transformer = load_official_transformer(root, torch_dtype=torch_dtype)
-    components = dict(
-        **load_official_text_stack(root, torch_dtype),
-        transformer=transformer,
-        vae=load_official_vae(vae_path, torch_dtype=torch_dtype),
-        scheduler=official_scheduler(variant),
-    )
-    if variant == "s2v-14B":
-        components.update(load_official_audio_stack(root))  # float32, as the official code runs it
+    from tqdm.auto import tqdm
+
+    # Loading a 27B checkpoint takes minutes: say which component is being read.
+    steps = ["transformer", "text encoder", "VAE"] + (["wav2vec2"] if variant == "s2v-14B" else [])
+    with tqdm(total=len(steps), desc=f"loading {variant}", unit="component") as bar:
+        bar.set_postfix_str(steps[0])
+        if lazy_experts:
+            transformer = meta_moe_from_official(root, defaults.boundary_ratio, torch_dtype)
+        elif defaults.boundary_ratio is not None:
+            high, low = (
+                load_official_transformer(_require(root / EXPERT_DIRS[k], f"{k}-noise expert"), torch_dtype)
+                for k in ("high", "low")
+            )
+            transformer = WanMoETransformer3DModel.from_experts(high, low, boundary_ratio=defaults.boundary_ratio)
+        else:
+            transformer = load_official_transformer(root, torch_dtype=torch_dtype)
+        components = dict(transformer=transformer, scheduler=official_scheduler(variant))
+        for step in steps[1:]:
+            bar.update()
+            bar.set_postfix_str(step)
+            if step == "text encoder":
+                components.update(load_official_text_stack(root, torch_dtype))
+            elif step == "VAE":
+                components["vae"] = load_official_vae(vae_path, torch_dtype=torch_dtype)
+            else:
+                components.update(load_official_audio_stack(root))  # float32, as the official code runs it
+        bar.update()
     return components
 
 
