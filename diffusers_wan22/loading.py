@@ -145,7 +145,7 @@ def load_official_components(
 
     # Loading a 27B checkpoint takes minutes: say which component is being read.
     steps = ["transformer", "text encoder", "VAE"] + (["wav2vec2"] if variant == "s2v-14B" else [])
-    with tqdm(total=len(steps), desc=f"loading {variant}", unit="component") as bar:
+    with tqdm(total=len(steps), desc=f"loading {variant}", unit="component", disable=None) as bar:  # TTY only
         bar.set_postfix_str(steps[0])
         if lazy_experts:
             transformer = meta_moe_from_official(root, defaults.boundary_ratio, torch_dtype)
