@@ -15,6 +15,13 @@ EXIT_USAGE = 2
 EPILOG = """examples:
   wan22 demo                                     # tiny random-weight pipeline, writes wan22_demo.mp4
   wan22 generate --model ./Wan2.2-T2V-A14B --prompt "Two cats boxing on a stage." --size 832*480
+  wan22 generate --model ./Wan2.2-I2V-A14B --image cat.jpg --prompt "A white cat surfing."
+  wan22 generate --model ./Wan2.2-TI2V-5B --prompt "A red car at sunset." [--image car.jpg]
+  wan22 generate --model ./Wan2.2-S2V-14B --image face.png --audio speech.wav --prompt "A woman is singing."
+  wan22 generate --model ./Wan2.2-T2V-A14B --prompt "..." --lora hi.safetensors@high --lora lo.safetensors@low
+        --expert-steps 2 2 --sample_guide_scale 1   # the two-file 4-step LoRAs: 2 + 2 steps, no CFG
+  wan22 generate --model tiny --task s2v-14B --image face.png --audio speech.wav --prompt "x"   # no weights needed
+  wan22 convert ./Wan2.2-T2V-A14B ./Wan2.2-T2V-A14B-wan22 --verify
   wan22 info ./Wan2.2-T2V-A14B
   wan22 plan --size 1280*720 --frame_num 81          # memory of each offload mode for T2V-A14B
   wan22 plan --precision_table --model i2v-A14B      # which precision policies fit 24 / 40 GB
