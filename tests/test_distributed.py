@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -156,10 +157,10 @@ def test_accelerate_splits_prompts_and_matches_single_process(tiny_models, tmp_p
                           "--main_process_ip", "127.0.0.1", "--main_process_port", str(_free_port()),
                           "-m", "diffusers_wan22.cli", *common, "--output_dir", "multi"], tmp_path, timeout=120)
     # Both processes worked, on disjoint halves of the prompt list.
-    owners = {line.split("]")[0] + "]": [] for line in multi_out.splitlines() if line.startswith("[process")}
-    for line in multi_out.splitlines():
-        if line.startswith("[process"):
-            owners[line.split("]")[0] + "]"].append(int(line.split("prompt ")[1].split()[0]))
+    # stdout and stderr share one pipe: a progress bar may precede a report on its line, so search, don't anchor.
+    owners: dict[str, list[int]] = {}
+    for who, index in re.findall(r"(\[process \d+/2\]) prompt (\d+) \(seed", multi_out):
+        owners.setdefault(who, []).append(int(index))
     assert {k: sorted(v) for k, v in owners.items()} == {"[process 0/2]": [0, 1], "[process 1/2]": [2, 3]}, multi_out
     assert "(seed 9)" in multi_out and "prompt 2 (seed 9)" in multi_out  # seed = base_seed + index
     for i in range(len(PROMPTS)):

@@ -101,12 +101,15 @@ def test_two_clip_unipc_run_matches_official(official_pipe, golden):
     pipe = Wan22SpeechToVideoPipeline(**official_pipe.components)
     kwargs = _official_kwargs(meta, "run_unipc")
     noise = [g["run_unipc/noise_0"][None], g["run_unipc/noise_1"][None]]
-    out = pipe(**kwargs, latents=noise, output_type="pt")
+    per_step = {}
+    record = (lambda p, i, t, kw: per_step.setdefault(p.current_clip, []).append(kw["latents"][0].clone()) or {})
+    out = pipe(**kwargs, latents=noise, output_type="pt", callback_on_step_end=record)
     assert out.num_clips == 2 and out.timesteps == g["run_unipc/clip0/scheduler_timesteps"].tolist()
-    assert_close_rel(out.frames[0], g["run_unipc/video"], what="2-clip video")
-    latents = pipe(**kwargs, latents=noise, output_type="latent").frames
     for clip in range(2):
-        assert_close_rel(latents[clip][0], g[f"run_unipc/clip{clip}/latents_out"][-1], what=f"clip {clip} latents")
+        for step, latents in enumerate(per_step[clip]):
+            assert_close_rel(latents, g[f"run_unipc/clip{clip}/latents_out"][step],
+                             what=f"clip {clip} latents after step {step}")
+    assert_close_rel(out.frames[0], g["run_unipc/video"], what="2-clip video")
 
 
 def test_dpmpp_run_matches_official(official_pipe, golden):

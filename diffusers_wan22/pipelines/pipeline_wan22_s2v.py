@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 import PIL.Image
@@ -85,6 +85,11 @@ class Wan22SpeechToVideoPipeline(Wan22Pipeline):
     def is_moe(self) -> bool:
         return False
 
+    @property
+    def current_clip(self) -> int | None:
+        """Index of the clip being generated (inside a call)."""
+        return getattr(self, "_current_clip", None)
+
     # ------------------------------------------------------------------ checks
     def check_s2v_inputs(self, image, prompt, negative_prompt, height, width, max_area, num_clips, infer_frames,
                          num_inference_steps, guidance_scale, latents, pose_video, output_type) -> None:
@@ -164,12 +169,13 @@ class Wan22SpeechToVideoPipeline(Wan22Pipeline):
 
     # ------------------------------------------------------------------ one clip
     def denoise_clip(self, noise, timesteps, guidance_scale: float, prompt_embeds, negative_prompt_embeds,
-                     model_kwargs: dict, audio: torch.Tensor, attention_kwargs, progress) -> torch.Tensor:
+                     model_kwargs: dict, audio: torch.Tensor, attention_kwargs, progress,
+                     callback_on_step_end=None) -> torch.Tensor:
         """Run the sampler over one clip; the unconditional branch sees the negative prompt and zeroed audio."""
         latents = noise
         dtype = self.transformer_dtype
         silent = torch.zeros_like(audio)
-        for t in timesteps:
+        for i, t in enumerate(timesteps):
             self._current_timestep = t
             model_input = latents.to(dtype)
             timestep = t.expand(latents.shape[0])
@@ -181,6 +187,8 @@ class Wan22SpeechToVideoPipeline(Wan22Pipeline):
                                           **model_kwargs)[0].float()
                 pred = uncond + guidance_scale * (pred - uncond)
             latents = self.scheduler.step(pred, t, latents, return_dict=False)[0]
+            if callback_on_step_end is not None:  # diffusers convention; `pipe.current_clip` says which clip
+                latents = callback_on_step_end(self, i, t, {"latents": latents}).pop("latents", latents)
             progress.update()
         self._current_timestep = None
         return latents
@@ -208,6 +216,7 @@ class Wan22SpeechToVideoPipeline(Wan22Pipeline):
         output_type: str = "np",
         return_dict: bool = True,
         attention_kwargs: dict[str, Any] | None = None,
+        callback_on_step_end: Callable | None = None,
         max_sequence_length: int = 512,
     ) -> Wan22SpeechToVideoPipelineOutput | tuple:
         r"""Generate a video of the person in ``image`` speaking or singing ``audio``.
@@ -228,6 +237,8 @@ class Wan22SpeechToVideoPipeline(Wan22Pipeline):
             pose_video: optional pose-driving video (file path, or a list/array of frames at the video fps).
             init_first_frame: start from the reference image (it fills the newest motion frames, nothing dropped).
             output_type: ``"np"``, ``"pil"``, ``"pt"`` or ``"latent"`` (a list with each clip's final latents).
+            callback_on_step_end: ``fn(pipe, step, timestep, {"latents": ...}) -> dict`` after every step of every
+                clip (``pipe.current_clip`` is the clip's index); a returned ``"latents"`` replaces them.
 
         Returns:
             `Wan22SpeechToVideoPipelineOutput` (frames, the audio trimmed to the video, fps, clips, timesteps), or
@@ -282,6 +293,7 @@ class Wan22SpeechToVideoPipeline(Wan22Pipeline):
         dtype = self.transformer_dtype
         with self.progress_bar(total=num_clips * num_inference_steps) as progress:
             for clip in range(num_clips):
+                self._current_clip = clip
                 noise = self.clip_noise(clip, latents, shape, generator, device)
                 timesteps = set_official_timesteps(self.scheduler, num_inference_steps, device)  # fresh solver
                 dropped = drop_first_motion and clip == 0
@@ -293,7 +305,7 @@ class Wan22SpeechToVideoPipeline(Wan22Pipeline):
                 clip_audio = audio_embeds[..., clip * infer_frames:(clip + 1) * infer_frames].to(device, dtype)
                 clip_latents = self.denoise_clip(noise, timesteps, guidance_scale, prompt_embeds,
                                                  negative_prompt_embeds, model_kwargs, clip_audio,
-                                                 attention_kwargs, progress)
+                                                 attention_kwargs, progress, callback_on_step_end)
                 if output_type == "latent":
                     clips.append(clip_latents)
                     if clip + 1 == num_clips:
