@@ -307,13 +307,22 @@ class Wan22Pipeline(Wan22OffloadMixin, Wan22ParallelMixin, Wan22LoraLoaderMixin,
             prompt_embeds=prompt_embeds,
             negative_prompt_embeds=negative_prompt_embeds,
             max_sequence_length=max_sequence_length,
-            device=device,
+            device=self._text_encoder_device(device),
         )
         dtype = self.transformer_dtype
         prompt_embeds = prompt_embeds.to(device=device, dtype=dtype)
         if negative_prompt_embeds is not None:
             negative_prompt_embeds = negative_prompt_embeds.to(device=device, dtype=dtype)
         return prompt_embeds, negative_prompt_embeds
+
+    def _text_encoder_device(self, device: torch.device) -> torch.device:
+        """Where the prompts are encoded: on the text encoder's own device when it was deliberately left elsewhere
+        (official `--t5_cpu`: `pipe.to("cuda"); pipe.text_encoder.to("cpu")`), else on the execution device
+        (offload hooks move the encoder there themselves)."""
+        encoder = self.text_encoder
+        if encoder is None or hasattr(encoder, "_hf_hook") or getattr(encoder, "_diffusers_hook", None) is not None:
+            return device
+        return encoder.device
 
     def plan_steps(
         self,
