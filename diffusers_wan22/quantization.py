@@ -442,9 +442,8 @@ def moe_from_gguf(high: str | os.PathLike | None, low: str | os.PathLike | None,
 
     experts = {name: load_gguf_expert(p, config, compute_dtype) if p is not None else None
                for name, p in (("high", high), ("low", low))}
-    moe = WanMoETransformer3DModel.from_experts(experts["high"], experts["low"], boundary_ratio=boundary_ratio)
-    moe.register_to_config(expert_precision={n: e._wan22_precision for n, e in experts.items() if e is not None})
-    return moe
+    # `from_experts` records each expert's `_wan22_precision` in the config
+    return WanMoETransformer3DModel.from_experts(experts["high"], experts["low"], boundary_ratio=boundary_ratio)
 
 
 def replace_expert_with_gguf(moe, name: str, path: str | os.PathLike, compute_dtype: torch.dtype | None = None):

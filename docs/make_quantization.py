@@ -285,7 +285,9 @@ under a policy; `wan22 plan --precision_table --model i2v-A14B` prints the fit t
   that contradicts a cast policy, re-quantizing a quantized expert, torchao policies without torchao
   (`QuantizationUnavailableError` naming the install command), policies on a dense transformer through the
   pipeline method, policies after lazy experts were enabled, saving torchao / GGUF experts (diffusers 0.42 cannot
-  write those tensors; the pipeline checks before writing anything), a GGUF file with no quantized tensor.
+  write those tensors; the pipeline checks before writing anything), a GGUF file with no quantized tensor, a LoRA
+  loaded into an already quantized expert (peft would create fp8 adapter weights). LoRA adapters loaded *before*
+  the policy work: the wrapped base layer is quantized, the adapter weights follow the compute dtype.
 * Save / reload: the per-expert policy is stored in the MoE config (`expert_precision`). fp8 weights are saved as
   F8_E4M3 safetensors; `DiffusionPipeline.from_pretrained` builds the experts in their stored dtypes with their
   fp8 hooks *before* loading, so the fp8 / bf16 tensors are read without a full-precision copy, also with a

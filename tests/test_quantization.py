@@ -154,6 +154,19 @@ def test_quantized_expert_is_not_requantized_and_dense_and_lazy_refuse(tiny_pipe
         dense.set_expert_precision(high="fp8")
 
 
+def test_lora_before_fp8_works_after_is_refused(tiny_pipe):
+    pytest.importorskip("peft", reason="LoRA needs peft")
+    from test_lora import DIFFUSERS_KEYS, _lora_state_dict
+
+    sd = _lora_state_dict(tiny_pipe.transformer.high_noise_expert, "transformer.", DIFFUSERS_KEYS)
+    tiny_pipe.load_lora_weights(dict(sd), adapter_name="style", expert="high")
+    tiny_pipe.set_expert_precision(high="fp8", scope="ffn")  # the LoRA-wrapped FFN's base layer goes fp8
+    assert "blocks.0.ffn.net.2.base_layer" in select_layers(tiny_pipe.transformer.high_noise_expert, "ffn")
+    assert torch.isfinite(_tiny_run(tiny_pipe)).all()
+    with pytest.raises(ValueError, match="Load LoRA adapters before"):
+        tiny_pipe.load_lora_weights(dict(sd), adapter_name="late", expert="high")
+
+
 def test_torchao_policy_without_torchao_is_a_clear_error(tiny_pipe, monkeypatch):
     monkeypatch.setitem(sys.modules, "torchao", None)  # makes `import torchao...` fail like a missing package
     monkeypatch.setitem(sys.modules, "torchao.quantization", None)

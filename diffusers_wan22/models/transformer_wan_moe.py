@@ -268,7 +268,14 @@ class WanMoETransformer3DModel(ModelMixin, ConfigMixin, PeftAdapterMixin, CacheM
 
     def load_lora_adapter(self, pretrained_model_name_or_path_or_dict, expert: str = "both", **kwargs) -> None:
         """`PeftAdapterMixin.load_lora_adapter` into one expert or both (keys are relative to an expert)."""
+        from ..quantization import quantization_state
+
         state_dict = pretrained_model_name_or_path_or_dict
+        quantized = {n: s for n in ((HIGH, LOW) if expert == "both" else (expert,))
+                     if self.get_expert(n) is not None and (s := quantization_state(self.get_expert(n)))}
+        if quantized:  # peft would create the adapter weights in the storage dtype (fp8 / int8 / GGUF blocks)
+            raise ValueError(f"Load LoRA adapters before `set_expert_precision` / GGUF loading: expert(s) "
+                             f"{quantized} are already quantized.")
         for e in self.experts_named(expert):
             e.load_lora_adapter(dict(state_dict) if isinstance(state_dict, dict) else state_dict, **kwargs)
 
