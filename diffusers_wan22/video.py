@@ -13,6 +13,9 @@ import numpy as np
 def _temp_sibling(path: Path) -> str:
     fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=".mp4", dir=path.parent)
     os.close(fd)
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes 0600; the video gets the permissions a plain open() would give
     return tmp
 
 

@@ -276,3 +276,13 @@ def test_bf16_official_load_keeps_wav2vec2_in_float32_and_tracks_the_fp32_run(go
     kwargs = dict(_official_kwargs(meta, "run_unipc"), num_clips=1)
     out = pipe(**kwargs, latents=[g["run_unipc/noise_0"]], output_type="latent")
     assert_close_rel(out.frames[0][0], g["run_unipc/clip0/latents_out"][-1], rel=0.05, what="bf16 clip 0 latents")
+
+
+def test_saved_video_has_ordinary_file_permissions(tmp_path):
+    """Written through a temporary file (atomic), yet readable like any file the user creates (umask applied)."""
+    import os
+
+    path = save_video(np.zeros((3, 16, 16, 3), np.float32), tmp_path / "v.mp4", fps=16)
+    umask = os.umask(0)
+    os.umask(umask)
+    assert (path.stat().st_mode & 0o777) == (0o666 & ~umask)
