@@ -286,3 +286,15 @@ def test_saved_video_has_ordinary_file_permissions(tmp_path):
     umask = os.umask(0)
     os.umask(umask)
     assert (path.stat().st_mode & 0o777) == (0o666 & ~umask)
+
+
+def test_batched_cfg_matches_the_sequential_branches(official_pipe, golden):
+    """Cond + uncond (negative prompt, silent audio) as one batch of 2, on the official 2-clip run."""
+    meta, g = golden
+    kwargs = dict(_official_kwargs(meta, "run_unipc"), output_type="latent")
+    noise = [g["run_unipc/noise_0"][None], g["run_unipc/noise_1"][None]]
+    pipe = Wan22SpeechToVideoPipeline(**official_pipe.components)
+    sequential = pipe(**kwargs, latents=noise).frames
+    batched = pipe(**kwargs, latents=noise, batched_cfg=True).frames
+    for clip in range(2):  # not a parity row (both sides are ours): max|Δ| <= 1e-5 * max|sequential|
+        assert (batched[clip] - sequential[clip]).abs().max() <= 1e-5 * sequential[clip].abs().max(), clip
