@@ -424,8 +424,8 @@ def cmd_info(args) -> int:
 # ------------------------------------------------------------------ wan22 plan (memory planner)
 def add_plan_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model", default="t2v-A14B",
-                        help="'t2v-A14B' / 'i2v-A14B' (built-in sizes of the real models) or a folder saved by "
-                             "save_pretrained "
+                        help="'t2v-A14B' / 'i2v-A14B' / 's2v-14B' (built-in sizes of the real models) or a folder "
+                             "saved by save_pretrained "
                              "(sizes counted on the meta device, no weights read)")
     parser.add_argument("--size", type=_parse_size, default=(1280, 720), help="W*H (default: 1280*720)")
     parser.add_argument("--frame_num", type=_positive_int, default=81)
@@ -460,7 +460,7 @@ def _plan_spec(model: str):
         return SPECS[model.lower()]
     config = Path(model) / "transformer" / "config.json"
     if not config.exists():
-        raise CliError(f"--model {model!r}: expected 't2v-A14B', 'i2v-A14B' or a saved pipeline folder with "
+        raise CliError(f"--model {model!r}: expected 't2v-A14B', 'i2v-A14B', 's2v-14B' or a saved pipeline folder with "
                        "transformer/config.json")
     import json
 

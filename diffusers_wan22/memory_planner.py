@@ -93,6 +93,10 @@ class ModelSpec:
     vae_stride: tuple[int, int] = (4, 8)  # temporal, spatial
     patch: tuple[int, int, int] = (1, 2, 2)
     latent_channels: int = 16
+    # S2V: reference + FramePack motion tokens ride along the video tokens, 2.5 latent frames' worth (ref 1, newest
+    # motion frame 1, the 2x and 4x groups 1/4 each); and wav2vec2, kept in float32.
+    context_token_frames: float = 0.0
+    audio_encoder_params: int = 0
 
     @property
     def head_dim(self) -> int:
@@ -107,7 +111,11 @@ A14B = ModelSpec(
 )
 # I2V-A14B: the same experts with a 36-channel patch embedding (16 noise + 4 mask + 16 image-latent channels).
 I2V_A14B = replace(A14B, expert_params=14_288_901_184)
-SPECS = {"t2v-a14b": A14B, "a14b": A14B, "i2v-a14b": I2V_A14B}
+# S2V-14B: one 16.30B transformer (the Wan blocks plus audio encoder/injectors, pose, FramePack), same UMT5 and VAE,
+# wav2vec2-large-xlsr-53 (~315M parameters, approximate: not read from a checkpoint here).
+S2V_14B = replace(A14B, expert_params=16_295_755_609, num_experts=1, context_token_frames=2.5,
+                  audio_encoder_params=315_000_000)
+SPECS = {"t2v-a14b": A14B, "a14b": A14B, "i2v-a14b": I2V_A14B, "s2v-14b": S2V_14B}
 
 # ---------------------------------------------------------------------------------------------------- precision
 # Bytes per stored parameter of the layers a policy covers (the whole expert for the cast policies). GGUF entries are
@@ -205,7 +213,9 @@ class MemoryEstimate:
 def dit_tokens(spec: ModelSpec, height: int, width: int, num_frames: int, batch: int = 1) -> int:
     t, s = spec.vae_stride
     pt, ph, pw = spec.patch
-    return batch * ((num_frames - 1) // t + 1) // pt * (height // s // ph) * (width // s // pw)
+    frame_tokens = (height // s // ph) * (width // s // pw)
+    frames = ((num_frames - 1) // t + 1) // pt
+    return batch * int(frames * frame_tokens + spec.context_token_frames * frame_tokens)
 
 
 def dit_activation_bytes(spec: ModelSpec, tokens: int, b: int) -> float:
@@ -270,7 +280,8 @@ def estimate_memory(
                + max(_upcast_bytes(spec, p, scope, b) for p in policies))
     act_vae = batch * vae_decode_bytes(spec, height, width, num_frames, b, tiling)
     moe_resident = sum(experts)
-    all_weights = T + moe_resident + V
+    A = spec.audio_encoder_params * 4  # wav2vec2 runs in float32 (official behaviour), its activations are small
+    all_weights = T + moe_resident + V + A
 
     if mode == "none":
         stages = {"text": all_weights + act_te, "denoise": all_weights + act_dit, "decode": all_weights + act_vae}
@@ -302,14 +313,18 @@ def estimate_memory(
 
 
 def estimate_all(spec: ModelSpec, height: int, width: int, num_frames: int, **kwargs) -> list[MemoryEstimate]:
-    """`estimate_memory` for every mode."""
-    return [estimate_memory(spec, height, width, num_frames, mode=m, **kwargs) for m in MODES]
+    """`estimate_memory` for every mode that applies (lazy experts need two experts)."""
+    return [estimate_memory(spec, height, width, num_frames, mode=m, **kwargs) for m in applicable_modes(spec)]
+
+
+def applicable_modes(spec: ModelSpec) -> tuple[str, ...]:
+    return MODES if spec.num_experts > 1 else tuple(m for m in MODES if m != "lazy_experts")
 
 
 def best_mode(spec: ModelSpec, height: int, width: int, num_frames: int, budget_bytes: float, **kwargs):
     """The first mode (fastest first: none, model, expert, lazy, group) whose accelerator peak fits the budget."""
     order = ("none", "model_offload", "expert_offload", "lazy_experts", "group_offload")
-    for mode in order:
+    for mode in (m for m in order if m in applicable_modes(spec)):
         est = estimate_memory(spec, height, width, num_frames, mode=mode, **kwargs)
         if est.accelerator_bytes <= budget_bytes:
             return est

@@ -258,3 +258,25 @@ def test_lazy_experts_straight_from_an_official_folder(torch_dtype):
     assert out.experts == ["high"] * 4 + ["low"] * 2
     assert torch.equal(out.frames, expected)
     assert dict(lazy.lazy_experts.reads) == {"high": 1, "low": 1}
+
+
+def test_s2v_planner_counts_the_tokens_the_s2v_transformer_runs():
+    """The planner's S2V sequence (video + reference + FramePack motion = 2.5 extra latent frames of tokens) equals
+    the sequence the transformer actually builds; `wan22 plan --model s2v-14B` uses it."""
+    from dataclasses import replace
+
+    from diffusers_wan22.memory_planner import S2V_14B, dit_tokens
+    from diffusers_wan22.models.transformer_wan_s2v import WanS2VTransformer3DModel
+
+    model = build_tiny_components("s2v-14B")["transformer"]
+    assert isinstance(model, WanS2VTransformer3DModel)
+    seen = []
+    hook = model.blocks[0].register_forward_pre_hook(lambda m, args: seen.append(args[0].shape[1]))
+    height = width = 128
+    with torch.no_grad():
+        model(torch.zeros(1, 16, 2, 16, 16), torch.tensor([500.0]), torch.zeros(1, 512, 32),
+              torch.zeros(1, 16, 1, 16, 16), torch.zeros(1, 16, 19, 16, 16), torch.zeros(1, 5, 16, 8))
+    hook.remove()
+    assert seen == [dit_tokens(replace(S2V_14B), height, width, num_frames=8)] == [288]
+    est = {e.mode: e for e in estimate_all(S2V_14B, 704, 1024, 80)}
+    assert est["group_offload"].accelerator_gb < est["expert_offload"].accelerator_gb
