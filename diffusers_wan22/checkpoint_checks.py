@@ -114,6 +114,32 @@ def _require_file(path: Path, what: str) -> None:
 
 
 # ------------------------------------------------------------------------------------------------ safetensors
+def shard_files(folder: str | os.PathLike, index_name: str = "diffusion_pytorch_model.safetensors.index.json"
+                ) -> tuple[list[Path], dict | None]:
+    """The weight files of a (sharded) safetensors folder and its index's weight map (``None`` without an index).
+
+    With an index, exactly the shards it lists (other ``*.safetensors`` beside them are not weights), each of which
+    must exist; without one, every ``*.safetensors`` in the folder.
+    """
+    folder = Path(folder)
+    index = folder / index_name
+    if not index.exists():
+        files = sorted(folder.glob("*.safetensors"))
+        if not files:
+            raise FileNotFoundError(f"No safetensors weights in {folder}.")
+        return files, None
+    weight_map = read_json_object(index).get("weight_map")
+    if not isinstance(weight_map, dict) or not all(isinstance(v, str) for v in weight_map.values()):
+        raise ValueError(f"{index}: 'weight_map' must map tensor names to shard file names.")
+    files = sorted({folder / name for name in weight_map.values()})
+    missing = [f.name for f in files if not f.is_file()]
+    if missing:
+        raise FileNotFoundError(f"{index} lists shard(s) {missing}, missing from {folder}.")
+    if not files:
+        raise FileNotFoundError(f"No safetensors weights in {folder}.")
+    return files, weight_map
+
+
 def safetensors_shards(folder: str | os.PathLike, index_name: str = "diffusion_pytorch_model.safetensors.index.json"
                        ) -> dict[Path, list[str]]:
     """shard → tensor keys of a (sharded) safetensors folder, reading headers only.
@@ -126,19 +152,7 @@ def safetensors_shards(folder: str | os.PathLike, index_name: str = "diffusion_p
 
     folder = Path(folder)
     index = folder / index_name
-    weight_map = None
-    if index.exists():
-        weight_map = read_json_object(index).get("weight_map")
-        if not isinstance(weight_map, dict) or not all(isinstance(v, str) for v in weight_map.values()):
-            raise ValueError(f"{index}: 'weight_map' must map tensor names to shard file names.")
-        files = sorted({folder / name for name in weight_map.values()})
-        missing = [f.name for f in files if not f.is_file()]
-        if missing:
-            raise FileNotFoundError(f"{index} lists shard(s) {missing}, missing from {folder}.")
-    else:
-        files = sorted(folder.glob("*.safetensors"))
-    if not files:
-        raise FileNotFoundError(f"No safetensors weights in {folder}.")
+    files, weight_map = shard_files(folder, index_name)
     shards = {}
     for path in files:
         try:

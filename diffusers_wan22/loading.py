@@ -260,9 +260,9 @@ def _tensor_counts(files: list[Path]) -> tuple[int, set[str]]:
 
 def _dit_files(folder: Path) -> list[Path]:
     """The DiT weight files of an official folder (its index when sharded: other safetensors may sit beside it)."""
-    from .conversion.official import read_safetensors_folder
+    from .checkpoint_checks import shard_files
 
-    return sorted({entry[0] for entry in read_safetensors_folder(folder).values()})
+    return shard_files(folder)[0]
 
 
 def describe_folder(folder: str | os.PathLike) -> list[tuple[str, int, set[str]]]:

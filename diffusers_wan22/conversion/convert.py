@@ -109,18 +109,9 @@ class TensorReader:
 
 
 def _safetensors_files(folder: Path) -> list[Path]:
-    index = folder / f"{DIFFUSERS_WEIGHTS}.index.json"
-    if index.exists():
-        weight_map = json.loads(index.read_text())["weight_map"]
-        files = sorted({folder / f for f in weight_map.values()})
-        missing = [str(f) for f in files if not f.exists()]
-        if missing:
-            raise FileNotFoundError(f"{index} lists shard(s) that are missing: {missing}.")
-        return files
-    files = sorted(folder.glob("*.safetensors"))
-    if not files:
-        raise FileNotFoundError(f"No safetensors weights in {folder}.")
-    return files
+    from ..checkpoint_checks import shard_files
+
+    return shard_files(folder, f"{DIFFUSERS_WEIGHTS}.index.json")[0]
 
 
 # ------------------------------------------------------------------------------------------------ shard writer

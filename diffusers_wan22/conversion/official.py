@@ -8,7 +8,6 @@ tensors into a `ValueError` naming them and the file.
 
 from __future__ import annotations
 
-import json
 import os
 import re
 from pathlib import Path
@@ -20,7 +19,7 @@ from diffusers import AutoencoderKLWan, WanTransformer3DModel
 from safetensors import safe_open
 
 from ..checkpoint_checks import (
-    check_dit_shapes, check_t5_state, check_vae_state, read_official_dit_config, torch_load_error,
+    check_dit_shapes, check_t5_state, check_vae_state, read_official_dit_config, shard_files, torch_load_error,
 )
 
 # Official Wan 2.2 VAE latent normalisation (48 channels); the 16 Wan 2.1 values are AutoencoderKLWan's defaults.
@@ -295,18 +294,8 @@ def vae_config_from_official(shapes: Shapes, version: str) -> dict:
 # ------------------------------------------------------------------------------------------ reading files
 def read_safetensors_folder(folder: str | os.PathLike) -> dict[str, tuple[Path, tuple[int, ...], str]]:
     """key → (file, shape, dtype) for a (sharded) safetensors folder, without loading any tensor."""
-    folder = Path(folder)
-    index = folder / "diffusion_pytorch_model.safetensors.index.json"
-    if index.exists():
-        files = sorted({folder / f for f in json.loads(index.read_text())["weight_map"].values()})
-    else:
-        files = sorted(folder.glob("*.safetensors"))
-    if not files:
-        raise FileNotFoundError(f"No safetensors weights in {folder}.")
     out = {}
-    for path in files:
-        if not path.exists():
-            raise FileNotFoundError(f"{index} lists {path.name}, which is missing.")
+    for path in shard_files(folder)[0]:
         try:
             with safe_open(str(path), framework="pt") as f:
                 for key in f.keys():
@@ -364,8 +353,9 @@ def load_official_transformer(folder: str | os.PathLike, torch_dtype: torch.dtyp
     if not cfg_path.exists():
         raise FileNotFoundError(f"Missing {cfg_path}.")
     files = read_safetensors_folder(folder)
-    model_cls, make_config, map_key = official_transformer_kind(read_official_dit_config(cfg_path))
-    config = make_config(json.loads(cfg_path.read_text()), {k: v[1] for k, v in files.items()})
+    official_config = read_official_dit_config(cfg_path)
+    model_cls, make_config, map_key = official_transformer_kind(official_config)
+    config = make_config(official_config, {k: v[1] for k, v in files.items()})
     check_dit_shapes(model_cls, config, files, map_key, cfg_path)  # names the shard of a bad tensor, reads none
     state = {}
     for path in sorted({v[0] for v in files.values()}):
