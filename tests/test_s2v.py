@@ -198,6 +198,11 @@ def test_save_and_reload_with_diffusers(tiny_s2v, tmp_path):
     assert index["transformer"] == ["diffusers_wan22", "WanS2VTransformer3DModel"]
     reloaded = DiffusionPipeline.from_pretrained(tmp_path / "s2v")
     assert isinstance(reloaded, Wan22SpeechToVideoPipeline)
+    half = DiffusionPipeline.from_pretrained(tmp_path / "s2v", torch_dtype=torch.bfloat16)
+    assert half.audio_encoder.dtype == torch.bfloat16
+    half(np.zeros((64, 64, 3), np.uint8), (_tone(0.3), 16000), prompt="a cat", height=64, width=64, infer_frames=8,
+         num_inference_steps=1, output_type="latent")
+    assert half.audio_encoder.dtype == torch.float32 and half.transformer.dtype == torch.bfloat16  # official rule
     kw = dict(prompt="Two cats boxing on a stage.", height=64, width=64, infer_frames=8, num_clips=1,
               num_inference_steps=2, output_type="latent",
               latents=[torch.randn(1, 16, 2, 8, 8, generator=torch.Generator().manual_seed(1))])
