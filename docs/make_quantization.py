@@ -81,17 +81,9 @@ def rel_max(a: torch.Tensor, b: torch.Tensor) -> float:
 
 # ---------------------------------------------------------------------------------------------------- part 1
 def fixture_run(pipe) -> torch.Tensor:
-    from safetensors.torch import load_file
+    from diffusers_wan22.goldens import replay_official_run
 
-    meta = json.loads((FIXTURE / "golden.json").read_text())["meta"]
-    kw = meta["runs"]["run_unipc"]["generate_kwargs"]
-    noise = load_file(FIXTURE / "golden.safetensors")["run_unipc/noise"]
-    (width, height), (low, high) = kw["size"], kw["guide_scale"]
-    pipe.set_progress_bar_config(disable=True)
-    out = pipe(kw["input_prompt"], height=height, width=width, num_frames=kw["frame_num"],
-               num_inference_steps=kw["sampling_steps"], guidance_scale=high, guidance_scale_2=low,
-               latents=noise[None].clone(), output_type="latent")
-    return out.frames
+    return replay_official_run(pipe, FIXTURE).frames
 
 
 def gguf_files(tmp: Path, quant_type: str) -> dict[str, Path]:

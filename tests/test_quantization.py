@@ -22,6 +22,7 @@ from safetensors.torch import load_file  # noqa: E402
 
 from conftest import OFFICIAL  # noqa: E402
 from diffusers_wan22 import Wan22Pipeline, WanMoETransformer3DModel  # noqa: E402
+from diffusers_wan22.goldens import replay_official_run  # noqa: E402
 from diffusers_wan22.memory_planner import (  # noqa: E402
     A14B,
     POLICY_BYTES,
@@ -49,14 +50,7 @@ def rel_l2(a: torch.Tensor, b: torch.Tensor) -> float:
 
 
 def _official_run(pipe: Wan22Pipeline) -> torch.Tensor:
-    meta = json.loads((FIXTURE / "golden.json").read_text())["meta"]
-    kw = meta["runs"]["run_unipc"]["generate_kwargs"]
-    noise = load_file(FIXTURE / "golden.safetensors")["run_unipc/noise"]
-    (width, height), (low, high) = kw["size"], kw["guide_scale"]
-    pipe.set_progress_bar_config(disable=True)
-    out = pipe(kw["input_prompt"], height=height, width=width, num_frames=kw["frame_num"],
-               num_inference_steps=kw["sampling_steps"], guidance_scale=high, guidance_scale_2=low,
-               latents=noise[None].clone(), output_type="latent")
+    out = replay_official_run(pipe, FIXTURE)
     assert out.experts == ["high"] * 4 + ["low"]
     return out.frames
 
