@@ -303,3 +303,29 @@ def test_batched_cfg_matches_the_sequential_branches(official_pipe, golden):
     batched = pipe(**kwargs, latents=noise, batched_cfg=True).frames
     for clip in range(2):  # not a parity row (both sides are ours): max|Δ| <= 1e-5 * max|sequential|
         assert (batched[clip] - sequential[clip]).abs().max() <= 1e-5 * sequential[clip].abs().max(), clip
+
+
+def test_wan_lora_loads_into_the_s2v_transformer_and_caches_are_refused(tmp_path):
+    """A LoRA in the official key naming (`diffusion_model.blocks.N.self_attn.q...`) goes through diffusers' Wan
+    LoRA loader into the S2V blocks (strength 0 gives back the base output); block caches are refused clearly."""
+    from diffusers import FirstBlockCacheConfig
+    from safetensors.torch import save_file
+
+    pipe = Wan22SpeechToVideoPipeline(**build_tiny_components("s2v-14B"))
+    kw = dict(prompt="Two cats.", height=64, width=64, infer_frames=8, num_clips=1, num_inference_steps=2,
+              output_type="latent", latents=[torch.randn(1, 16, 2, 8, 8, generator=torch.Generator().manual_seed(0))])
+    image, audio = np.zeros((64, 64, 3), np.uint8), (_tone(0.4), 16000)
+    base = pipe(image, audio, **kw).frames[0]
+    g = torch.Generator().manual_seed(1)
+    lora = {}
+    for n in range(2):
+        for module, d_out in (("self_attn.q", 24), ("cross_attn.k", 24), ("ffn.0", 32)):
+            lora[f"diffusion_model.blocks.{n}.{module}.lora_A.weight"] = torch.randn(4, 24, generator=g) * 0.1
+            lora[f"diffusion_model.blocks.{n}.{module}.lora_B.weight"] = torch.randn(d_out, 4, generator=g) * 0.1
+    save_file(lora, tmp_path / "lora.safetensors")
+    pipe.load_lora_weights(str(tmp_path / "lora.safetensors"), adapter_name="style")
+    assert (pipe(image, audio, **kw).frames[0] - base).abs().max() > 1e-3
+    pipe.set_adapters("style", 0.0)
+    assert torch.allclose(pipe(image, audio, **kw).frames[0], base, atol=1e-6)
+    with pytest.raises(NotImplementedError, match="injects audio between"):
+        pipe.transformer.enable_cache(FirstBlockCacheConfig(threshold=0.05))

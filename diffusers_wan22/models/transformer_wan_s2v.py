@@ -220,6 +220,7 @@ class WanS2VTransformer3DModel(ModelMixin, ConfigMixin, PeftAdapterMixin, CacheM
         zero_timestep (`bool`): reference and motion tokens see t = 0.
         add_last_motion (`bool`): whether the newest motion groups may be used at all.
         framepack_drop_mode (`str`): ``"padd"`` zeroes hidden motion groups, ``"drop"`` removes their tokens.
+        image_dim: always ``None`` (no CLIP image branch); present so diffusers' Wan LoRA loader can read it.
     """
 
     _supports_gradient_checkpointing = True
@@ -254,8 +255,11 @@ class WanS2VTransformer3DModel(ModelMixin, ConfigMixin, PeftAdapterMixin, CacheM
         zero_timestep: bool = True,
         add_last_motion: bool = True,
         framepack_drop_mode: str = "padd",
+        image_dim: int | None = None,
     ) -> None:
         super().__init__()
+        if image_dim is not None:  # kept in the config only because diffusers' Wan LoRA loader reads it
+            raise ValueError(f"S2V has no image-embedding branch; image_dim must be None, got {image_dim}.")
         dim = num_attention_heads * attention_head_dim
         bad = [i for i in audio_inject_layers if not 0 <= i < num_layers]
         if bad:
@@ -282,6 +286,14 @@ class WanS2VTransformer3DModel(ModelMixin, ConfigMixin, PeftAdapterMixin, CacheM
         self.proj_out = nn.Linear(dim, out_channels * math.prod(patch_size))
         self.scale_shift_table = nn.Parameter(torch.randn(1, 2, dim) / dim**0.5)
         self.gradient_checkpointing = False
+
+    def enable_cache(self, config) -> None:
+        """Not supported: diffusers' block caches skip or replay blocks, but S2V adds audio *between* blocks (after
+        the configured blocks, on the video tokens), which a replayed residual would miss or count twice."""
+        raise NotImplementedError(
+            f"{type(config).__name__} is not supported on WanS2VTransformer3DModel: block caches skip blocks, and "
+            "S2V injects audio between them. Run without a cache (or use fewer steps / batched_cfg=True)."
+        )
 
     # ------------------------------------------------------------------ rotary positions
     def rotary_for(self, groups: list[tuple[np.ndarray, np.ndarray, np.ndarray]], device) -> tuple[torch.Tensor, ...]:
