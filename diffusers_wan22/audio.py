@@ -25,16 +25,15 @@ FEATURE_FPS = 30  # the official code resamples the features to 30 Hz before buc
 AudioInput = Union[str, os.PathLike, tuple, np.ndarray, torch.Tensor]
 
 
-def _ffmpeg() -> str:
+def run_ffmpeg(args: list[str], stdin: bytes | None, failure: str, error: type[Exception] = ValueError) -> bytes:
+    """Run the ffmpeg binary of `imageio-ffmpeg` (``stdin`` piped in, stdout returned); on failure raise ``error``
+    with ``failure`` and the end of ffmpeg's own message."""
     import imageio_ffmpeg
 
-    return imageio_ffmpeg.get_ffmpeg_exe()
-
-
-def _run_ffmpeg(args: list[str], stdin: bytes | None, what: str) -> bytes:
-    proc = subprocess.run([_ffmpeg(), "-v", "error", "-nostdin", *args], input=stdin, capture_output=True)
+    cmd = [imageio_ffmpeg.get_ffmpeg_exe(), "-v", "error", *([] if stdin is not None else ["-nostdin"]), *args]
+    proc = subprocess.run(cmd, input=stdin, capture_output=True)
     if proc.returncode != 0:
-        raise ValueError(f"Could not decode {what}: {proc.stderr.decode(errors='replace').strip()[-300:]}")
+        raise error(f"{failure}: {proc.stderr.decode(errors='replace').strip()[-300:]}")
     return proc.stdout
 
 
@@ -47,8 +46,8 @@ def load_audio(audio: AudioInput, sampling_rate: int | None = None) -> np.ndarra
         path = Path(audio)
         if not path.is_file():
             raise FileNotFoundError(f"Audio file {str(path)!r} does not exist.")
-        raw = _run_ffmpeg(["-i", str(path), "-f", "f32le", "-ac", "1", "-ar", str(SAMPLING_RATE), "-"], None,
-                          f"audio file {str(path)!r}")
+        raw = run_ffmpeg(["-i", str(path), "-f", "f32le", "-ac", "1", "-ar", str(SAMPLING_RATE), "-"], None,
+                         f"Could not decode audio file {str(path)!r}")
         samples = np.frombuffer(raw, dtype="<f4").astype(np.float32)
     else:
         if isinstance(audio, tuple):
@@ -68,8 +67,9 @@ def load_audio(audio: AudioInput, sampling_rate: int | None = None) -> np.ndarra
             raise ValueError(f"audio must be [samples] or [samples, channels]; got shape {samples.shape}.")
         samples = samples.astype(np.float32)
         if int(sampling_rate) != SAMPLING_RATE and samples.size:
-            raw = _run_ffmpeg(["-f", "f32le", "-ar", str(int(sampling_rate)), "-ac", "1", "-i", "pipe:0",
-                               "-f", "f32le", "-ar", str(SAMPLING_RATE), "-"], samples.tobytes(), "the audio array")
+            raw = run_ffmpeg(["-f", "f32le", "-ar", str(int(sampling_rate)), "-ac", "1", "-i", "pipe:0",
+                              "-f", "f32le", "-ar", str(SAMPLING_RATE), "-"], samples.tobytes(),
+                             "Could not resample the audio array")
             samples = np.frombuffer(raw, dtype="<f4").astype(np.float32)
     if samples.size == 0:
         raise ValueError("The audio is empty (0 samples).")

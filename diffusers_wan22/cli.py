@@ -10,6 +10,8 @@ import sys
 import time
 from pathlib import Path
 
+from .memory_planner import MODES  # light: no torch import
+
 EXIT_USAGE = 2
 
 EPILOG = """examples:
@@ -110,7 +112,7 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("--device", default=None, help="e.g. cuda, cuda:1, cpu (default: cuda if available)")
     gen.add_argument("--offload_model", action="store_true", help="model CPU offload (one expert on the GPU)")
     gen.add_argument("--t5_cpu", action="store_true", help="keep the UMT5 text encoder on the CPU (saves ~11 GB)")
-    gen.add_argument("--memory_mode", choices=MEMORY_MODE_CHOICES, default=None,
+    gen.add_argument("--memory_mode", choices=MODES, default=None,
                      help="memory mode (see `wan22 plan`); overrides --offload_model")
     gen.add_argument("--output", default=None, help="mp4 path (default: wan22_<time>.mp4)")
     gen.add_argument("--output_dir", default="wan22_outputs", help="with --prompts (default: %(default)s)")
@@ -151,7 +153,6 @@ def cmd_demo(args) -> int:
 
 
 TASKS = ["t2v-A14B", "i2v-A14B", "ti2v-5B", "s2v-14B"]
-MEMORY_MODE_CHOICES = ["none", "model_offload", "expert_offload", "group_offload", "lazy_experts"]
 _CLASS_TASK = {"Wan22ImageToVideoPipeline": "i2v-A14B", "Wan22SpeechToVideoPipeline": "s2v-14B",
                "WanImageToVideoPipeline": "i2v-A14B"}
 

@@ -8,10 +8,11 @@ so the whole pipeline runs end to end on a CPU in about a second. Random weights
 from __future__ import annotations
 
 import torch
-from diffusers import AutoencoderKLWan, UniPCMultistepScheduler, WanTransformer3DModel
+from diffusers import AutoencoderKLWan, WanTransformer3DModel
 from transformers import T5TokenizerFast, UMT5Config, UMT5EncoderModel
 
 from .configs import DEFAULT_NEGATIVE_PROMPT, get_variant
+from .loading import official_scheduler
 from .models.transformer_wan_moe import WanMoETransformer3DModel
 
 _CORPUS = [
@@ -108,7 +109,7 @@ def build_tiny_components(variant: str = "t2v-A14B", seed: int = 0, moe: bool = 
     text_encoder = build_tiny_text_encoder(vocab_size=len(tokenizer))
     _randomize_(text_encoder, generator, scale=0.5)
     if variant == "s2v-14B":
-        return dict(tokenizer=tokenizer, text_encoder=text_encoder, **_tiny_s2v_parts(generator, defaults))
+        return dict(tokenizer=tokenizer, text_encoder=text_encoder, **_tiny_s2v_parts(generator))
     channels = 48 if defaults.vae_version == "2.2" else 16
     in_channels = channels + 20 if variant == "i2v-A14B" else channels  # I2V: + 4 mask + 16 image-latent channels
     kwargs = tiny_transformer_kwargs(in_channels=in_channels, out_channels=channels)
@@ -121,16 +122,10 @@ def build_tiny_components(variant: str = "t2v-A14B", seed: int = 0, moe: bool = 
         transformer = WanTransformer3DModel(**kwargs).eval()
         _randomize_(transformer, generator)
     return dict(tokenizer=tokenizer, text_encoder=text_encoder, transformer=transformer,
-                vae=build_tiny_vae(channels, seed), scheduler=_flow_unipc(defaults.sample_shift))
+                vae=build_tiny_vae(channels, seed), scheduler=official_scheduler(variant))
 
 
-def _flow_unipc(shift: float) -> UniPCMultistepScheduler:
-    return UniPCMultistepScheduler(
-        prediction_type="flow_prediction", use_flow_sigmas=True, num_train_timesteps=1000, flow_shift=shift
-    )
-
-
-def _tiny_s2v_parts(generator: torch.Generator, defaults) -> dict:
+def _tiny_s2v_parts(generator: torch.Generator) -> dict:
     """Transformer, VAE, scheduler and audio stack of a tiny S2V-14B (4 wav2vec2 layers → 5 hidden states)."""
     from transformers import Wav2Vec2Config, Wav2Vec2FeatureExtractor, Wav2Vec2ForCTC
 
@@ -152,7 +147,7 @@ def _tiny_s2v_parts(generator: torch.Generator, defaults) -> dict:
     _randomize_(transformer, generator)
     return dict(
         transformer=transformer, vae=build_tiny_vae(16, int(generator.initial_seed())),
-        scheduler=_flow_unipc(defaults.sample_shift),
+        scheduler=official_scheduler("s2v-14B"),
         audio_encoder=audio_encoder,
         audio_processor=Wav2Vec2FeatureExtractor(feature_size=1, sampling_rate=16000, padding_value=0.0,
                                                  do_normalize=True, return_attention_mask=True),

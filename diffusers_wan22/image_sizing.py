@@ -112,23 +112,28 @@ def s2v_size(width: int, height: int, max_area: int, divisor: int = 64) -> tuple
     return w, h
 
 
+def _short_side_resize(height: int, width: int, short: int) -> tuple[int, int]:
+    """(height, width) with the shorter side scaled to ``short`` and the longer truncated (torchvision's rule)."""
+    return (int(short * height / width), short) if width <= height else (short, int(short * width / height))
+
+
+def _center_crop(frames: torch.Tensor, height: int, width: int) -> torch.Tensor:
+    """Center crop of the last two dims to ``height x width``, zero-padded where the input is smaller
+    (torchvision's `CenterCrop` rounding)."""
+    pad_h, pad_w = max(height - frames.shape[-2], 0), max(width - frames.shape[-1], 0)
+    if pad_h or pad_w:
+        frames = F.pad(frames, (pad_w // 2, pad_w - pad_w // 2, pad_h // 2, pad_h - pad_h // 2))
+    top = int(round((frames.shape[-2] - height) / 2.0))
+    left = int(round((frames.shape[-1] - width) / 2.0))
+    return frames[..., top:top + height, left:left + width]
+
+
 def s2v_image(image: PIL.Image.Image, width: int, height: int) -> torch.Tensor:
     """``[3, H, W]`` in [-1, 1]: shorter side resized (bilinear) to ``min(height, width)``, then center-cropped
-    (zero-padded where the crop is larger than the image), as the official S2V preprocessing does."""
-    short = min(height, width)
-    w0, h0 = image.size
-    if w0 <= h0:
-        size = (short, int(short * h0 / w0))
-    else:
-        size = (int(short * w0 / h0), short)
-    pixels = np.asarray(image.convert("RGB").resize(size, PIL.Image.BILINEAR), dtype=np.uint8).copy()
-    resized = torch.from_numpy(pixels).permute(2, 0, 1).float() / 255.0
-    pad_w, pad_h = max(width - size[0], 0), max(height - size[1], 0)
-    if pad_w or pad_h:
-        resized = F.pad(resized, (pad_w // 2, pad_w - pad_w // 2, pad_h // 2, pad_h - pad_h // 2))
-    top = int(round((resized.shape[1] - height) / 2.0))
-    left = int(round((resized.shape[2] - width) / 2.0))
-    return resized[:, top:top + height, left:left + width] * 2 - 1
+    (black where the crop is larger than the image), as the official S2V preprocessing does."""
+    h, w = _short_side_resize(image.height, image.width, min(height, width))
+    pixels = np.asarray(image.convert("RGB").resize((w, h), PIL.Image.BILINEAR), dtype=np.uint8).copy()
+    return _center_crop(torch.from_numpy(pixels).permute(2, 0, 1).float() / 255.0, height, width) * 2 - 1
 
 
 def _read_video_frames(video, count: int, fps: int) -> np.ndarray:
@@ -154,16 +159,9 @@ def s2v_pose_frames(video, count: int, width: int, height: int, fps: int) -> tor
     """``[3, count, H, W]`` pose frames in [-1, 1]: shorter side resized (antialiased bilinear) to
     ``min(height, width)``, center-cropped, and padded at the end with -1 frames (no pose) up to ``count``."""
     frames = torch.from_numpy(_read_video_frames(video, count, fps)).permute(0, 3, 1, 2).float() / 255.0 * 2 - 1
-    short = min(height, width)
-    h0, w0 = frames.shape[-2:]
-    size = (int(short * h0 / w0), short) if w0 <= h0 else (short, int(short * w0 / h0))
+    size = _short_side_resize(frames.shape[-2], frames.shape[-1], min(height, width))
     frames = F.interpolate(frames, size=size, mode="bilinear", align_corners=False, antialias=True)
-    pad_h, pad_w = max(height - size[0], 0), max(width - size[1], 0)
-    if pad_h or pad_w:
-        frames = F.pad(frames, (pad_w // 2, pad_w - pad_w // 2, pad_h // 2, pad_h - pad_h // 2))
-    top = int(round((frames.shape[-2] - height) / 2.0))
-    left = int(round((frames.shape[-1] - width) / 2.0))
-    frames = frames[..., top:top + height, left:left + width]
+    frames = _center_crop(frames, height, width)  # official: pads with 0 (mid-grey) after normalising to [-1, 1]
     missing = count - frames.shape[0]
     if missing > 0:
         frames = torch.cat([frames, -torch.ones(missing, 3, height, width)])

@@ -102,8 +102,11 @@ def meta_moe_from_official(ckpt_dir: str | os.PathLike, boundary_ratio: float, t
     from accelerate import init_empty_weights
     from diffusers import WanTransformer3DModel
 
-    from .conversion.official import dit_config_from_official, official_dit_key_to_diffusers, read_safetensors_folder
+    from .conversion.official import (
+        SAFETENSORS_DTYPES, dit_config_from_official, official_dit_key_to_diffusers, read_safetensors_folder,
+    )
     from .models.transformer_wan_moe import WanMoETransformer3DModel
+    from .offload import retype_meta_parameters
 
     experts = []
     for name in ("high", "low"):
@@ -112,13 +115,8 @@ def meta_moe_from_official(ckpt_dir: str | os.PathLike, boundary_ratio: float, t
         config = dit_config_from_official(_read_json(folder / "config.json"), {k: v[1] for k, v in files.items()})
         with init_empty_weights():
             expert = WanTransformer3DModel(**config)
-        stored = {official_dit_key_to_diffusers(k): v[2] for k, v in files.items()}
-        for key, param in list(expert.named_parameters()):
-            dtype = torch_dtype or getattr(torch, _SAFETENSORS_DTYPE_NAMES.get(stored.get(key), "float32"))
-            if param.dtype != dtype:
-                module_name, _, attr = key.rpartition(".")
-                expert.get_submodule(module_name)._parameters[attr] = torch.nn.Parameter(
-                    torch.empty_like(param, dtype=dtype), requires_grad=False)
+        stored = {official_dit_key_to_diffusers(k): SAFETENSORS_DTYPES[v[2]] for k, v in files.items()}
+        retype_meta_parameters(expert, lambda key, p: torch_dtype or stored.get(key, p.dtype))
         experts.append(expert.eval())
     return WanMoETransformer3DModel.from_experts(*experts, boundary_ratio=boundary_ratio)
 
@@ -232,13 +230,11 @@ def resolve_pipeline_folder(name_or_path: str | os.PathLike, kwargs: dict) -> tu
     return path, _read_json(path / "model_index.json")
 
 
-_SAFETENSORS_DTYPE_NAMES = {"F32": "float32", "F16": "float16", "BF16": "bfloat16", "F64": "float64",
-                            "I64": "int64", "F8_E4M3": "float8_e4m3fn", "F8_E5M2": "float8_e5m2"}
-
-
 def _tensor_counts(files: list[Path]) -> tuple[int, set[str]]:
     """(parameter count, dtypes) of safetensors / `.pth` files, read from headers / memory maps only."""
     from safetensors import safe_open
+
+    from .conversion.official import SAFETENSORS_DTYPES
 
     total, dtypes = 0, set()
     for path in files:
@@ -248,7 +244,7 @@ def _tensor_counts(files: list[Path]) -> tuple[int, set[str]]:
                     sl = f.get_slice(key)
                     shape = sl.get_shape()
                     total += int(torch.Size(shape).numel())
-                    dtypes.add(_SAFETENSORS_DTYPE_NAMES.get(sl.get_dtype(), sl.get_dtype().lower()))
+                    dtypes.add(str(SAFETENSORS_DTYPES[sl.get_dtype()]).replace("torch.", ""))
         else:
             from .conversion.official import load_pth_state_dict
 

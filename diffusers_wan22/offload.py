@@ -42,6 +42,7 @@ from typing import Callable, Iterator
 import torch
 from accelerate.hooks import CpuOffload, UserCpuOffloadHook, add_hook_to_module, remove_hook_from_module
 
+from .memory_planner import MODES as MEMORY_MODES  # one list of modes, shared with the planner
 from .models.transformer_wan_moe import EXPERT_ATTRS, WanMoETransformer3DModel
 
 __all__ = [
@@ -54,7 +55,6 @@ __all__ = [
     "release_to_meta",
 ]
 
-MEMORY_MODES = ("none", "model_offload", "expert_offload", "group_offload", "lazy_experts")
 SAFETENSORS_WEIGHTS = "diffusion_pytorch_model.safetensors"
 
 
@@ -602,20 +602,24 @@ def meta_moe_from_folder(folder: str | os.PathLike, torch_dtype: torch.dtype | N
         model = WanMoETransformer3DModel.from_config(config)
     keep = tuple(WanMoETransformer3DModel._keep_in_fp32_modules or ())
     stored = _stored_dtypes(folder) if torch_dtype is None else {}
-    for name, p in list(model.named_parameters()):
-        if torch_dtype is not None:
-            dtype = torch.float32 if any(m in name.split(".") for m in keep) else torch_dtype
-        else:
-            dtype = stored.get(name, p.dtype)
-        if p.dtype != dtype:
-            module_name, _, attr = name.rpartition(".")
-            module = model.get_submodule(module_name)
-            module._parameters[attr] = torch.nn.Parameter(torch.empty_like(p, dtype=dtype), requires_grad=False)
+    retype_meta_parameters(model, lambda name, p: stored.get(name, p.dtype) if torch_dtype is None else (
+        torch.float32 if any(m in name.split(".") for m in keep) else torch_dtype))
     if config.get("expert_precision"):  # saved per-expert precision: same dtypes and fp8 hooks as from_pretrained
         from .quantization import apply_stored_precision
 
         apply_stored_precision(model)
     return model.eval()
+
+
+def retype_meta_parameters(model: torch.nn.Module, dtype_of: Callable[[str, torch.nn.Parameter], torch.dtype]
+                           ) -> None:
+    """Give each ``meta`` parameter the dtype it will be read in, so a lazily read expert matches an eager load."""
+    for name, p in list(model.named_parameters()):
+        dtype = dtype_of(name, p)
+        if p.dtype != dtype:
+            module_name, _, attr = name.rpartition(".")
+            model.get_submodule(module_name)._parameters[attr] = torch.nn.Parameter(
+                torch.empty_like(p, dtype=dtype), requires_grad=False)
 
 
 def _stored_dtypes(folder: str | os.PathLike) -> dict[str, torch.dtype]:
@@ -628,7 +632,6 @@ def _stored_dtypes(folder: str | os.PathLike) -> dict[str, torch.dtype]:
             with safe_open(Path(folder) / file, framework="pt", device="cpu") as f:
                 for key in keys:
                     dtypes[key] = f.get_slice(key).get_dtype()
-    return {k: _SAFETENSORS_DTYPES.get(v, torch.float32) for k, v in dtypes.items()}
+    from .conversion.official import SAFETENSORS_DTYPES
 
-
-_SAFETENSORS_DTYPES = {"F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16, "F64": torch.float64}
+    return {k: SAFETENSORS_DTYPES.get(v, torch.float32) for k, v in dtypes.items()}

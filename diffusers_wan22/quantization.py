@@ -55,10 +55,11 @@ import numpy as np
 import torch
 from torch import nn
 
+from .memory_planner import CAST_POLICY_NAMES, PLAN_SCOPES as SCOPES  # the planner names them without torch
+
 POLICIES = ("fp32", "bf16", "fp16", "fp8", "int8-weight-only", "fp8-weight-only")
-CAST_POLICIES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+CAST_POLICIES = dict(zip(CAST_POLICY_NAMES, (torch.float32, torch.bfloat16, torch.float16)))
 TORCHAO_POLICIES = ("int8-weight-only", "fp8-weight-only")
-SCOPES = ("all", "ffn", "attn", "ffn+attn")
 FP8_STORAGE_DTYPE = torch.float8_e4m3fn
 COMPUTE_DTYPES = {"bfloat16": torch.bfloat16, "float16": torch.float16, "float32": torch.float32}
 _SCOPE_PATTERNS = {

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import subprocess
 import tempfile
 from pathlib import Path
 
@@ -21,17 +20,12 @@ def _temp_sibling(path: Path) -> str:
 
 def mux_audio(video_path: str, samples: np.ndarray, sampling_rate: int, duration: float, out_path: str) -> None:
     """Copy the video stream of ``video_path`` and add ``samples`` (mono float32) as AAC, cut to ``duration`` s."""
-    import imageio_ffmpeg
+    from .audio import run_ffmpeg
 
-    cmd = [
-        imageio_ffmpeg.get_ffmpeg_exe(), "-v", "error", "-y", "-i", video_path,
-        "-f", "f32le", "-ar", str(int(sampling_rate)), "-ac", "1", "-i", "pipe:0",
-        "-map", "0:v:0", "-map", "1:a:0", "-c:v", "copy", "-c:a", "aac", "-b:a", "192k",
-        "-t", f"{duration:.6f}", out_path,
-    ]
-    proc = subprocess.run(cmd, input=np.ascontiguousarray(samples, dtype="<f4").tobytes(), capture_output=True)
-    if proc.returncode != 0:
-        raise RuntimeError(f"ffmpeg could not mux the audio: {proc.stderr.decode(errors='replace').strip()[-300:]}")
+    run_ffmpeg(["-y", "-i", video_path, "-f", "f32le", "-ar", str(int(sampling_rate)), "-ac", "1", "-i", "pipe:0",
+                "-map", "0:v:0", "-map", "1:a:0", "-c:v", "copy", "-c:a", "aac", "-b:a", "192k",
+                "-t", f"{duration:.6f}", out_path],
+               np.ascontiguousarray(samples, dtype="<f4").tobytes(), "ffmpeg could not mux the audio", RuntimeError)
 
 
 def save_video(frames, path: str | os.PathLike, fps: int, audio: np.ndarray | None = None,

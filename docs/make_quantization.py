@@ -120,7 +120,7 @@ def fixture_policies(tmp: Path) -> list[dict]:
             pipe.transformer = WanMoETransformer3DModel.from_gguf(
                 paths["high"], paths["low"], config=FIXTURE / "high_noise_model", compute_dtype=torch.bfloat16)
             types = gguf_quant_types(paths["high"])
-            row["note"] = f"compute bf16; tensors per expert: " + ", ".join(f"{n} {k}" for k, n in types.items())
+            row["note"] = "compute bf16; tensors per expert: " + ", ".join(f"{n} {k}" for k, n in types.items())
         elif scope == "mixed":
             pipe.set_expert_precision(high=high[0], scope=high[1])
             pipe.set_expert_precision(low=low[0], scope=low[1])

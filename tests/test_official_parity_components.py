@@ -15,7 +15,6 @@ from safetensors.torch import load_file
 from conftest import OFFICIAL, assert_close_rel
 from diffusers_wan22.conversion.official import (
     load_official_t5,
-    load_official_tokenizer,
     load_official_transformer,
     load_official_vae,
     official_dit_key_to_diffusers,

@@ -34,6 +34,7 @@ from safetensors import safe_open
 from ..checkpoint_checks import check_official_folder, check_tensors_fit_model, read_official_dit_config, torch_load_error
 from ..configs import get_variant
 from ..loading import EXPERT_DIRS, T5_FILE, TOKENIZER_DIR, VAE_FILES, detect_official_variant, official_scheduler
+from .official import SAFETENSORS_DTYPES
 
 DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
 LAYOUTS = ("wan22", "diffusers")
@@ -61,12 +62,7 @@ def _load_pth(path: Path) -> dict:
     return state
 
 
-_SAFETENSORS_DTYPES = {
-    torch.float64: "F64", torch.float32: "F32", torch.float16: "F16", torch.bfloat16: "BF16",
-    torch.int64: "I64", torch.int32: "I32", torch.int16: "I16", torch.int8: "I8", torch.uint8: "U8",
-    torch.bool: "BOOL", torch.float8_e4m3fn: "F8_E4M3", torch.float8_e5m2: "F8_E5M2",
-}
-_TORCH_DTYPES = {v: k for k, v in _SAFETENSORS_DTYPES.items()}
+_HEADER_DTYPES = {v: k for k, v in SAFETENSORS_DTYPES.items()}  # torch dtype -> header name, for writing
 
 
 class TensorReader:
@@ -85,7 +81,7 @@ class TensorReader:
                 try:
                     with safe_open(str(path), framework="pt") as f:
                         self._meta[path] = {k: (tuple(f.get_slice(k).get_shape()),
-                                                _TORCH_DTYPES[f.get_slice(k).get_dtype()]) for k in f.keys()}
+                                                SAFETENSORS_DTYPES[f.get_slice(k).get_dtype()]) for k in f.keys()}
                 except Exception as e:  # noqa: BLE001 - truncated/corrupt files raise various errors
                     raise ValueError(f"{path}: not a readable safetensors file ({e})") from None
             else:
@@ -160,7 +156,7 @@ def write_safetensors_streaming(path: Path, entries: list[tuple[str, tuple[int, 
     header, offset = {"__metadata__": {"format": "pt"}}, 0
     for key, shape, dtype in entries:
         nbytes = math.prod(shape) * dtype.itemsize
-        header[key] = {"dtype": _SAFETENSORS_DTYPES[dtype], "shape": list(shape), "data_offsets": [offset,
+        header[key] = {"dtype": _HEADER_DTYPES[dtype], "shape": list(shape), "data_offsets": [offset,
                                                                                                    offset + nbytes]}
         offset += nbytes
     blob = json.dumps(header, separators=(",", ":")).encode()

@@ -292,6 +292,14 @@ def vae_config_from_official(shapes: Shapes, version: str) -> dict:
 
 
 # ------------------------------------------------------------------------------------------ reading files
+# safetensors header dtype names -> torch dtypes (the converter writes headers with the inverse).
+SAFETENSORS_DTYPES = {
+    "F64": torch.float64, "F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16,
+    "I64": torch.int64, "I32": torch.int32, "I16": torch.int16, "I8": torch.int8, "U8": torch.uint8,
+    "BOOL": torch.bool, "F8_E4M3": torch.float8_e4m3fn, "F8_E5M2": torch.float8_e5m2,
+}
+
+
 def read_safetensors_folder(folder: str | os.PathLike) -> dict[str, tuple[Path, tuple[int, ...], str]]:
     """key → (file, shape, dtype) for a (sharded) safetensors folder, without loading any tensor."""
     out = {}

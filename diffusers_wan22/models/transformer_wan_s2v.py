@@ -300,24 +300,33 @@ class WanS2VTransformer3DModel(ModelMixin, ConfigMixin, PeftAdapterMixin, CacheM
         """cos/sin tables [1, S, 1, head_dim] for token groups given as (frames, rows, columns) position grids.
 
         A negative frame index rotates backwards (sin negated), which is how motion frames sit "before" the clip.
+        The tables depend only on the positions, so they are built once per layout and device (every denoising step
+        and both guidance branches reuse them) from the rotary buffers, on their device.
         """
+        key = (str(device), self.rope.freqs_cos.dtype, tuple(tuple(map(tuple, group)) for group in groups))
+        cache = self.__dict__.setdefault("_rotary_cache", {})
+        if key not in cache:
+            if len(cache) >= 8:  # a handful of layouts per call (clip 0 without motion tokens, later clips with)
+                cache.clear()
+            cache[key] = self._build_rotary(groups, device)
+        return cache[key]
+
+    def _build_rotary(self, groups, device) -> tuple[torch.Tensor, torch.Tensor]:
         r = self.rope
+        dev = r.freqs_cos.device
         cos_t, cos_h, cos_w = r.freqs_cos.split([r.t_dim, r.h_dim, r.w_dim], dim=1)
         sin_t, sin_h, sin_w = r.freqs_sin.split([r.t_dim, r.h_dim, r.w_dim], dim=1)
         cos_parts, sin_parts = [], []
         for f, h, w in groups:
-            f_idx, sign = torch.from_numpy(np.abs(f)), torch.from_numpy(np.sign(f) + (f == 0))
+            f_idx, h_idx, w_idx = (torch.as_tensor(np.abs(v), device=dev) for v in (f, h, w))
+            sign = torch.as_tensor(np.sign(f) + (f == 0), device=dev, dtype=sin_t.dtype)[:, None]
             shape = (len(f), len(h), len(w), -1)
-            ft = (cos_t[f_idx], sin_t[f_idx] * sign.to(sin_t.dtype)[:, None])
-            hh = (cos_h[torch.from_numpy(h)], sin_h[torch.from_numpy(h)])
-            ww = (cos_w[torch.from_numpy(w)], sin_w[torch.from_numpy(w)])
-            for out, (t_, h_, w_) in ((cos_parts, (ft[0], hh[0], ww[0])), (sin_parts, (ft[1], hh[1], ww[1]))):
+            for out, (t_, h_, w_) in ((cos_parts, (cos_t[f_idx], cos_h[h_idx], cos_w[w_idx])),
+                                      (sin_parts, (sin_t[f_idx] * sign, sin_h[h_idx], sin_w[w_idx]))):
                 out.append(torch.cat([
                     t_[:, None, None].expand(shape), h_[None, :, None].expand(shape), w_[None, None, :].expand(shape)
                 ], dim=-1).flatten(0, 2))
-        cos = torch.cat(cos_parts)[None, :, None].to(device)
-        sin = torch.cat(sin_parts)[None, :, None].to(device)
-        return cos, sin
+        return torch.cat(cos_parts)[None, :, None].to(device), torch.cat(sin_parts)[None, :, None].to(device)
 
     # ------------------------------------------------------------------ forward
     def encode_audio(self, audio_embeds: torch.Tensor, motion_frames: Sequence[int]):

@@ -84,10 +84,6 @@ class Wan22SpeechToVideoPipeline(Wan22Pipeline):
         return VARIANTS["s2v-14B"]
 
     @property
-    def is_moe(self) -> bool:
-        return False
-
-    @property
     def current_clip(self) -> int | None:
         """Index of the clip being generated (inside a call)."""
         return getattr(self, "_current_clip", None)
@@ -185,27 +181,25 @@ class Wan22SpeechToVideoPipeline(Wan22Pipeline):
         latents = noise
         dtype = self.transformer_dtype
         silent = torch.zeros_like(audio)
-        if self._do_cfg and self._batched_cfg:  # both branches as one batch of 2, built once per clip
-            batched = {k: torch.cat([v, v]) if isinstance(v, torch.Tensor) else v for k, v in model_kwargs.items()}
-            context, audio_pair = torch.cat([prompt_embeds, negative_prompt_embeds]), torch.cat([audio, silent])
+        batched = self._do_cfg and self._batched_cfg
+        if batched:  # both branches as one batch of 2, built once per clip
+            model_kwargs = {k: torch.cat([v, v]) if isinstance(v, torch.Tensor) else v for k, v in model_kwargs.items()}
+            context, audio_in = torch.cat([prompt_embeds, negative_prompt_embeds]), torch.cat([audio, silent])
+
+        def velocity(x, t, context, audio_embeds):
+            return self.transformer(x, t.expand(x.shape[0]), context, audio_embeds=audio_embeds,
+                                    attention_kwargs=attention_kwargs, return_dict=False, **model_kwargs)[0].float()
+
         for i, t in enumerate(timesteps):
             self._current_timestep = t
-            model_input = latents.to(dtype)
-            if self._do_cfg and self._batched_cfg:
-                pred, uncond = self.transformer(
-                    torch.cat([model_input, model_input]), t.expand(2), context, audio_embeds=audio_pair,
-                    attention_kwargs=attention_kwargs, return_dict=False, **batched)[0].float().chunk(2)
-                pred = uncond + guidance_scale * (pred - uncond)
+            x = latents.to(dtype)
+            if batched:
+                pred, uncond = velocity(torch.cat([x, x]), t, context, audio_in).chunk(2)
             else:
-                timestep = t.expand(latents.shape[0])
-                pred = self.transformer(model_input, timestep, prompt_embeds, audio_embeds=audio,
-                                        attention_kwargs=attention_kwargs, return_dict=False,
-                                        **model_kwargs)[0].float()
-                if self._do_cfg:
-                    uncond = self.transformer(model_input, timestep, negative_prompt_embeds, audio_embeds=silent,
-                                              attention_kwargs=attention_kwargs, return_dict=False,
-                                              **model_kwargs)[0].float()
-                    pred = uncond + guidance_scale * (pred - uncond)
+                pred = velocity(x, t, prompt_embeds, audio)
+                uncond = velocity(x, t, negative_prompt_embeds, silent) if self._do_cfg else None
+            if uncond is not None:
+                pred = uncond + guidance_scale * (pred - uncond)
             latents = self.scheduler.step(pred, t, latents, return_dict=False)[0]
             if callback_on_step_end is not None:  # diffusers convention; `pipe.current_clip` says which clip
                 latents = callback_on_step_end(self, i, t, {"latents": latents}).pop("latents", latents)
