@@ -1,10 +1,13 @@
 """Entry point of the `wan22` console script.
 
-Kept outside the `diffusers_wan22` package so it runs before the package (and diffusers, transformers, torch) is
-imported: optional backends announce themselves at import time — torchao logs the CUDA kernels it cannot load on
-this machine, torch a pytree deprecation notice, diffusers that torchao tensors are unavailable — and on a terminal
-that chatter would bury the one-line errors the CLI promises. Only those loggers are lowered, and only for the CLI;
-`import diffusers_wan22` in a user's program is left alone.
+Kept outside the `diffusers_wan22` package so that it controls what is imported when:
+
+1. the arguments are parsed by `diffusers_wan22.commands.parser`, which imports no torch: a usage error is one line
+   and exit code 2 within a fraction of a second;
+2. only then are torch, diffusers and transformers imported (`diffusers_wan22.commands.run`), with the loggers of
+   optional backends lowered first — torchao logs the CUDA kernels it cannot load on this machine, torch a pytree
+   deprecation notice, diffusers that torchao tensors are unavailable — so that chatter cannot bury the one-line
+   errors the CLI promises. `import diffusers_wan22` in a user's program is left alone.
 """
 
 import logging
@@ -13,12 +16,15 @@ import sys
 _IMPORT_CHATTER = ("torchao", "torch.utils._pytree", "diffusers.quantizers.torchao.torchao_quantizer")
 
 
-def main() -> int:
+def main(argv=None) -> int:
+    from diffusers_wan22.commands.parser import parse_args  # torch-free (see the module docstring)
+
+    args = parse_args(argv)
     for name in _IMPORT_CHATTER:
         logging.getLogger(name).setLevel(logging.ERROR)
-    from diffusers_wan22.cli import main as cli_main
+    from diffusers_wan22.commands.run import run_command  # torch, diffusers: after the loggers are lowered
 
-    return cli_main()
+    return run_command(args)
 
 
 if __name__ == "__main__":

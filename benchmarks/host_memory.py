@@ -62,8 +62,7 @@ def build(folder: Path, layers: int) -> None:
     import torch
     from diffusers import WanTransformer3DModel
 
-    from diffusers_wan22 import Wan22Pipeline, WanMoETransformer3DModel
-    from diffusers_wan22.demo import build_tiny_components
+    from diffusers_wan22 import Wan22Pipeline, WanMoETransformer3DModel, build_tiny_components
 
     torch.manual_seed(0)
     components = build_tiny_components("t2v-A14B", seed=0)
@@ -83,8 +82,7 @@ def build(folder: Path, layers: int) -> None:
 def child(folder: Path, run: str, prefetch_steps: int) -> dict:
     import torch
 
-    from diffusers_wan22 import Wan22Pipeline
-    from diffusers_wan22.memory_planner import estimate_memory, spec_from_pipeline
+    from diffusers_wan22 import Wan22Pipeline, estimate_memory, spec_from_pipeline
 
     torch.set_num_threads(2)
     base = rss_now()

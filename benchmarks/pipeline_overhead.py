@@ -15,9 +15,7 @@ import time
 import torch
 from diffusers import UniPCMultistepScheduler, WanPipeline
 
-from diffusers_wan22 import Wan22Pipeline
-from diffusers_wan22.demo import build_tiny_components
-from diffusers_wan22.scheduling import official_unshifted_sigmas
+from diffusers_wan22 import Wan22Pipeline, build_tiny_components, official_unshifted_sigmas
 
 
 class OfficialGridUniPC(UniPCMultistepScheduler):

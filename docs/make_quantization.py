@@ -29,6 +29,7 @@ import torch
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "tests"))  # test support: goldens.replay_official_run, gguf_writer.write_gguf
 FIXTURE = ROOT / "tests" / "fixtures" / "official" / "t2v_a14b"
 OUT = ROOT / "docs" / "quantization.md"
 
@@ -81,7 +82,7 @@ def rel_max(a: torch.Tensor, b: torch.Tensor) -> float:
 
 # ---------------------------------------------------------------------------------------------------- part 1
 def fixture_run(pipe) -> torch.Tensor:
-    from diffusers_wan22.goldens import replay_official_run
+    from goldens import replay_official_run
 
     return replay_official_run(pipe, FIXTURE).frames
 
@@ -89,7 +90,7 @@ def fixture_run(pipe) -> torch.Tensor:
 def gguf_files(tmp: Path, quant_type: str) -> dict[str, Path]:
     from safetensors.torch import load_file
 
-    from diffusers_wan22.quantization import write_gguf
+    from gguf_writer import write_gguf
 
     paths = {}
     for name in ("high", "low"):
@@ -104,7 +105,7 @@ def gguf_files(tmp: Path, quant_type: str) -> dict[str, Path]:
 
 def fixture_policies(tmp: Path) -> list[dict]:
     from diffusers_wan22 import Wan22Pipeline, WanMoETransformer3DModel
-    from diffusers_wan22.quantization import gguf_quant_types, parameter_bytes
+    from diffusers_wan22 import gguf_quant_types, parameter_bytes
 
     have_torchao = torchao_available() is not None
     rows, reference, bf16 = [], None, None
@@ -170,7 +171,7 @@ def random_a14b_shaped_expert():
 
 def a14b_shaped_child(policy: str, scope: str, gguf_path: str | None) -> dict:
     """In a fresh process: build one A14B-shaped expert in bf16 (or load its GGUF file), apply ``policy``."""
-    from diffusers_wan22.quantization import _logical_numel, apply_precision, load_gguf_expert, parameter_bytes
+    from diffusers_wan22 import apply_precision, load_gguf_expert, logical_numel, parameter_bytes
 
     torch.set_num_threads(2)
     base = rss_now()
@@ -188,14 +189,14 @@ def a14b_shaped_child(policy: str, scope: str, gguf_path: str | None) -> dict:
         expert(x, torch.tensor([900.0]), ctx)
     return {"parameter_bytes": parameter_bytes(expert), "resident_rss": resident,
             "peak_rss": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 - base,
-            "params": sum(_logical_numel(p) for p in expert.parameters())}
+            "params": sum(logical_numel(p) for p in expert.parameters())}
 
 
 def a14b_shaped(tmp: Path) -> list[dict]:
     from accelerate import init_empty_weights
     from diffusers import WanTransformer3DModel
 
-    from diffusers_wan22.memory_planner import expert_weight_bytes, spec_from_modules
+    from diffusers_wan22 import expert_weight_bytes, spec_from_modules
 
     with init_empty_weights(include_buffers=True):
         spec = spec_from_modules(WanTransformer3DModel(**A14B_SHAPED))
@@ -224,13 +225,7 @@ def a14b_shaped(tmp: Path) -> list[dict]:
 
 # ---------------------------------------------------------------------------------------------------- render
 def render(fixture_rows: list[dict], shaped_rows: list[dict] | None) -> str:
-    from diffusers_wan22.memory_planner import (
-        A14B,
-        I2V_A14B,
-        POLICY_BYTES,
-        expert_weight_bytes,
-        precision_fit_table,
-    )
+    from diffusers_wan22 import A14B, I2V_A14B, POLICY_BYTES, expert_weight_bytes, precision_fit_table
 
     ao = torchao_available()
     ref_bytes = fixture_rows[0]["bytes_high"] + fixture_rows[0]["bytes_low"]
@@ -408,7 +403,7 @@ def main() -> None:
     if args.child:
         policy, scope, path = args.child
         if policy == "write-gguf":
-            from diffusers_wan22.quantization import write_gguf
+            from gguf_writer import write_gguf
 
             write_gguf(random_a14b_shaped_expert().state_dict(), path, scope)  # scope = the GGML type here
             return

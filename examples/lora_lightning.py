@@ -12,8 +12,7 @@ from pathlib import Path
 import torch
 from safetensors.torch import save_file
 
-from diffusers_wan22.loading import load_pipeline
-from diffusers_wan22.video import save_video
+from diffusers_wan22 import load_pipeline, save_video
 
 parser = argparse.ArgumentParser()
 parser.add_argument("--model", required=True, help="official folder, diffusers folder, or 'tiny'")

@@ -9,9 +9,7 @@ import argparse
 
 import torch
 
-from diffusers_wan22.loading import load_pipeline
-from diffusers_wan22.offload import MEMORY_MODES
-from diffusers_wan22.video import save_video
+from diffusers_wan22 import MEMORY_MODES, load_pipeline, save_video
 
 parser = argparse.ArgumentParser()
 parser.add_argument("--model", required=True, help="official folder, diffusers folder, or 'tiny'")

@@ -8,8 +8,8 @@ NGPU=${NGPU:-8}
 torchrun --nproc_per_node="$NGPU" - <<PY
 import torch
 from diffusers_wan22 import Wan22Pipeline
-from diffusers_wan22.parallel import init_distributed, is_main_process
-from diffusers_wan22.video import save_video
+from diffusers_wan22 import init_distributed, is_main_process
+from diffusers_wan22 import save_video
 
 device = init_distributed()  # NCCL, this rank's cuda:LOCAL_RANK
 pipe = Wan22Pipeline.from_official("$MODEL", torch_dtype=torch.bfloat16).to(device)  # 80 GB cards: both experts

@@ -10,9 +10,7 @@ import numpy as np
 import PIL.Image
 import torch
 
-from diffusers_wan22 import Wan22SpeechToVideoPipeline
-from diffusers_wan22.loading import load_pipeline
-from diffusers_wan22.video import save_video
+from diffusers_wan22 import Wan22SpeechToVideoPipeline, load_pipeline, save_video
 
 parser = argparse.ArgumentParser()
 parser.add_argument("--model", required=True, help="official folder, diffusers folder, or 'tiny'")

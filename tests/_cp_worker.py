@@ -17,7 +17,7 @@ import torch.distributed as dist
 from diffusers import DiffusionPipeline
 
 import diffusers_wan22  # noqa: F401  (registers Wan22Pipeline for DiffusionPipeline.from_pretrained)
-from diffusers_wan22.parallel import init_distributed, is_main_process
+from diffusers_wan22 import init_distributed, is_main_process
 
 # (case, variant, call kwargs): shared with the test, which runs the same calls in one process.
 CASES = {

@@ -34,7 +34,7 @@ def pytest_sessionfinish(session, exitstatus):
 
 @pytest.fixture
 def tiny_components():
-    from diffusers_wan22.demo import build_tiny_components
+    from diffusers_wan22 import build_tiny_components
 
     return build_tiny_components("t2v-A14B", seed=0)
 

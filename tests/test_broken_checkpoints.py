@@ -25,9 +25,8 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from conftest import OFFICIAL
-from diffusers_wan22 import Wan22Pipeline
+from diffusers_wan22 import Wan22Pipeline, load_official_t5, load_official_vae
 from diffusers_wan22.cli import main as cli_main
-from diffusers_wan22.conversion.official import load_official_t5, load_official_vae
 
 FIXTURE = OFFICIAL / "t2v_a14b"
 T5 = "models_t5_umt5-xxl-enc-bf16.pth"

@@ -14,9 +14,8 @@ import torch
 from safetensors.torch import load_file
 
 from conftest import OFFICIAL, assert_close_rel
-from diffusers_wan22 import Wan22Pipeline
-from diffusers_wan22.conversion.convert import TensorReader, convert_checkpoint
-from diffusers_wan22.loading import load_official_components
+from diffusers_wan22 import Wan22Pipeline, convert_checkpoint, load_official_components
+from diffusers_wan22.loaders.conversion import TensorReader
 
 VARIANTS = {"t2v_a14b": "t2v-A14B", "i2v_a14b": "i2v-A14B", "ti2v_5b": "ti2v-5B"}
 
@@ -62,7 +61,7 @@ def test_converted_t2v_reproduces_the_official_run(tmp_path):
 def test_stock_diffusers_loads_the_diffusers_layout_and_reproduces_the_official_run(tmp_path):
     from diffusers import WanPipeline
 
-    from diffusers_wan22.scheduling import official_unshifted_sigmas
+    from diffusers_wan22 import official_unshifted_sigmas
 
     convert_checkpoint(OFFICIAL / "t2v_a14b", tmp_path / "stock", layout="diffusers", progress=False)
     index = json.loads((tmp_path / "stock" / "model_index.json").read_text())

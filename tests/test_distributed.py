@@ -61,7 +61,7 @@ def _run(cmd: list[str], cwd: Path, timeout: float) -> tuple[str, float]:
 def tiny_models(tmp_path_factory):
     """Both tiny variants saved once: every process then loads identical weights and tokenizer."""
     import diffusers_wan22  # noqa: F401
-    from diffusers_wan22.demo import build_demo_pipeline
+    from diffusers_wan22 import build_demo_pipeline
 
     root = tmp_path_factory.mktemp("models")
     for variant in ("t2v-A14B", "ti2v-5B"):
@@ -121,7 +121,7 @@ def test_heads_and_process_group_errors(tiny_pipe):
 
 
 def test_token_counts_of_official_sizes():
-    from diffusers_wan22.parallel import cp_token_count
+    from diffusers_wan22.utils.distributed import cp_token_count
 
     # A14B, Wan 2.1 VAE (4x8x8) + patch (1,2,2): tokens = F_lat * H/16 * W/16
     assert cp_token_count(81, 720, 1280, 4, 8, (1, 2, 2)) == (21 * 45 * 80, (21, 45, 80))
@@ -133,7 +133,7 @@ def test_token_counts_of_official_sizes():
 
 
 def test_is_main_process_without_distributed(monkeypatch):
-    from diffusers_wan22.parallel import is_main_process
+    from diffusers_wan22 import is_main_process
 
     monkeypatch.delenv("RANK", raising=False)
     assert is_main_process()

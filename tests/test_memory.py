@@ -14,12 +14,19 @@ import torch
 from accelerate.hooks import CpuOffload
 from diffusers.hooks.group_offloading import ModuleGroup
 
-from diffusers_wan22 import Wan22Pipeline
-from diffusers_wan22.demo import build_tiny_components
-from diffusers_wan22.memory_planner import (
-    A14B, GB, MODES, best_mode, estimate_all, estimate_memory, spec_from_config, spec_from_pipeline,
+from diffusers_wan22 import (
+    GB,
+    SafetensorsExpertSource,
+    Wan22Pipeline,
+    best_mode,
+    build_tiny_components,
+    estimate_all,
+    estimate_memory,
+    is_materialised,
+    spec_from_config,
+    spec_from_pipeline,
 )
-from diffusers_wan22.offload import SafetensorsExpertSource, is_materialised
+from diffusers_wan22.core.memory_planner import A14B, MODES
 
 CALL = dict(prompt="Two cats boxing on a stage.", height=32, width=32, num_frames=5, num_inference_steps=8)
 EXPERTS = {"high": "high_noise_expert", "low": "low_noise_expert"}
@@ -242,7 +249,6 @@ def test_lazy_experts_straight_from_an_official_folder(torch_dtype):
     """`from_official(..., lazy_experts=True)`: no expert is read at load time, each is read once from the official
     safetensors (keys renamed on the fly), and the latents equal the eager load's."""
     from conftest import OFFICIAL
-
     from diffusers_wan22 import Wan22Pipeline
 
     folder = OFFICIAL / "t2v_a14b"
@@ -265,8 +271,8 @@ def test_s2v_planner_counts_the_tokens_the_s2v_transformer_runs():
     the sequence the transformer actually builds; `wan22 plan --model s2v-14B` uses it."""
     from dataclasses import replace
 
-    from diffusers_wan22.memory_planner import S2V_14B, dit_tokens
-    from diffusers_wan22.models.transformer_wan_s2v import WanS2VTransformer3DModel
+    from diffusers_wan22 import WanS2VTransformer3DModel
+    from diffusers_wan22.core.memory_planner import S2V_14B, dit_tokens
 
     model = build_tiny_components("s2v-14B")["transformer"]
     assert isinstance(model, WanS2VTransformer3DModel)

@@ -9,7 +9,7 @@ import torch
 from diffusers import WanTransformer3DModel
 
 from diffusers_wan22 import WanMoETransformer3DModel
-from diffusers_wan22.demo import tiny_transformer_kwargs
+from diffusers_wan22.loaders.tiny import tiny_transformer_kwargs
 
 
 def _random_expert(seed: int) -> WanTransformer3DModel:

@@ -13,10 +13,8 @@ import torch.nn.functional as F
 from safetensors.torch import load_file
 
 from conftest import OFFICIAL, assert_close_rel
-from diffusers_wan22.conversion.official import (
-    load_official_t5,
-    load_official_transformer,
-    load_official_vae,
+from diffusers_wan22 import load_official_t5, load_official_transformer, load_official_vae
+from diffusers_wan22.core.official_keys import (
     official_dit_key_to_diffusers,
     official_t5_key_to_diffusers,
     official_vae_key_to_diffusers,
@@ -110,7 +108,7 @@ def test_vae_encode_and_decode(variant):
 
 
 def test_every_official_key_maps_and_unknown_keys_are_named():
-    from diffusers_wan22.conversion.official import read_safetensors_folder
+    from diffusers_wan22.loaders.file_io import read_safetensors_folder
 
     for variant, expert in EXPERTS:
         folder = OFFICIAL / variant / expert if expert else OFFICIAL / variant

@@ -15,7 +15,7 @@ from safetensors.torch import load_file
 
 from conftest import OFFICIAL, assert_close_rel
 from diffusers_wan22 import Wan22ImageToVideoPipeline, Wan22Pipeline
-from diffusers_wan22.image_sizing import i2v_a14b_image, i2v_a14b_size, ti2v_best_output_size, ti2v_image
+from diffusers_wan22.utils.image import i2v_a14b_image, i2v_a14b_size, ti2v_best_output_size, ti2v_image
 
 
 def _runs(variant: str, extra: bool = False):

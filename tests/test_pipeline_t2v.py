@@ -9,8 +9,7 @@ import pytest
 import torch
 from diffusers import DiffusionPipeline, DPMSolverMultistepScheduler, UniPCMultistepScheduler, WanPipeline
 
-from diffusers_wan22 import Wan22Pipeline, WanMoETransformer3DModel
-from diffusers_wan22.scheduling import official_unshifted_sigmas
+from diffusers_wan22 import Wan22Pipeline, WanMoETransformer3DModel, official_unshifted_sigmas
 
 CALL = dict(prompt="Two cats boxing on a stage.", height=32, width=32, num_frames=5, num_inference_steps=8)
 
@@ -24,7 +23,7 @@ def test_experts_follow_the_scheduler_timesteps(tiny_pipe, forward_counter):
     forward_counter.attach(tiny_pipe.transformer.low_noise_expert, "low")
     seen = []
     out = tiny_pipe(**_seeded(output_type="latent"),
-                    callback_on_step_end=lambda p, i, t, kw: seen.append((i, int(t), kw["expert"])) or {})
+                    callback_on_step_end=lambda p, i, t, kw: seen.append((i, int(t), p.current_expert)) or {})
     assert out.timesteps == [999, 988, 972, 952, 922, 877, 799, 631]  # official unipc grid, shift 12
     expected = ["high" if t >= 875 else "low" for t in out.timesteps]
     assert out.experts == expected == [e for _, _, e in seen]
@@ -116,10 +115,13 @@ def test_latents_are_honoured_and_shape_checked(tiny_pipe):
 @pytest.mark.parametrize(
     "kwargs, message",
     [
-        (dict(height=40), r"multiples of 16.*height=40"),
-        (dict(width=-16), r"multiples of 16.*width=-16"),
+        (dict(height=40), r"`height` must be a positive multiple of 16.*got 40"),
+        (dict(width=-16), r"`width` must be a positive multiple of 16.*got -16"),
         (dict(num_frames=6), r"`num_frames` must be 4k\+1.*got 6"),
-        (dict(num_inference_steps=0), r"`num_inference_steps`.*\[1, 1000\].*0"),
+        (dict(num_inference_steps=0), r"`num_inference_steps` must be an integer >= 1, at most 1000; got 0"),
+        (dict(guidance_scale_2=float("nan")), r"`guidance_scale_2` must be a finite number; got nan"),
+        (dict(num_videos_per_prompt=0), r"`num_videos_per_prompt` must be an integer >= 1; got 0"),
+        (dict(output_type="gif"), r"`output_type` must be one of \('np', 'pil', 'pt', 'latent'\); got 'gif'"),
         (dict(guidance_scale=-1.0), r"`guidance_scale` must be >= 0; got -1.0"),
         (dict(guidance_scale_2=-2.0), r"`guidance_scale_2` must be >= 0; got -2.0"),
         (dict(boundary_ratio=1.2), r"`boundary_ratio` must be in \[0, 1\]; got 1.2"),

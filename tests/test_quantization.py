@@ -21,25 +21,21 @@ from diffusers.quantizers.gguf.utils import GGUFLinear, dequantize_gguf_tensor  
 from safetensors.torch import load_file  # noqa: E402
 
 from conftest import OFFICIAL  # noqa: E402
-from diffusers_wan22 import Wan22Pipeline, WanMoETransformer3DModel  # noqa: E402
-from diffusers_wan22.goldens import replay_official_run  # noqa: E402
-from diffusers_wan22.memory_planner import (  # noqa: E402
-    A14B,
+from diffusers_wan22 import (  # noqa: E402
     POLICY_BYTES,
-    expert_weight_bytes,
-    precision_fit_table,
-    scoped_params,
-    spec_from_modules,
-)
-from diffusers_wan22.quantization import (  # noqa: E402
     QuantizationUnavailableError,
-    _quantize_q4_k,
+    Wan22Pipeline,
+    WanMoETransformer3DModel,
     load_gguf_expert,
     parameter_bytes,
+    precision_fit_table,
     quantization_state,
-    select_layers,
-    write_gguf,
+    spec_from_modules,
 )
+from diffusers_wan22.core.memory_planner import A14B, expert_weight_bytes, scoped_params
+from diffusers_wan22.hooks.precision import select_layers
+from gguf_writer import _quantize_q4_k, write_gguf
+from goldens import replay_official_run  # noqa: E402
 
 FIXTURE = OFFICIAL / "t2v_a14b"
 FP8_FFN_ONE_EXPERT_BOUND = 3e-2  # measured 5.8e-3 (docs/quantization.md); both experts in bf16: 1.1e-2

@@ -8,8 +8,7 @@ import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from diffusers_wan22 import Wan22Pipeline
-from diffusers_wan22.demo import build_tiny_components
+from diffusers_wan22 import Wan22Pipeline, build_tiny_components
 
 SETTINGS = settings(max_examples=12, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 

@@ -18,9 +18,17 @@ from diffusers.loaders import PeftAdapterMixin
 from diffusers.models.attention import AttentionMixin
 from diffusers.models.cache_utils import CacheMixin
 
-from ..scheduling import HIGH, LOW, boundary_timestep
-
-EXPERT_ATTRS = {HIGH: "high_noise_expert", LOW: "low_noise_expert"}
+from .._compat import peft_adapters_loaded
+from ..core.names import EXPERT_ATTRS, HIGH, LOW
+from ..core.variants import boundary_timestep
+from ..hooks.precision import (
+    apply_stored_precision,
+    check_serializable,
+    precision_report,
+    quantization_state,
+    set_expert_precision,
+)
+from ..quantizers.gguf import load_gguf_expert
 
 
 class WanMoETransformer3DModel(ModelMixin, ConfigMixin, PeftAdapterMixin, CacheMixin, AttentionMixin):
@@ -82,8 +90,6 @@ class WanMoETransformer3DModel(ModelMixin, ConfigMixin, PeftAdapterMixin, CacheM
         self.high_noise_expert = WanTransformer3DModel(**expert_kwargs)
         self.low_noise_expert = WanTransformer3DModel(**expert_kwargs)
         if expert_precision:  # saved per-expert precision: build the experts in their stored dtypes (+ fp8 hooks)
-            from ..quantization import apply_stored_precision
-
             apply_stored_precision(self, restorable_only=True)
 
     # ------------------------------------------------------------------ construction
@@ -127,45 +133,56 @@ class WanMoETransformer3DModel(ModelMixin, ConfigMixin, PeftAdapterMixin, CacheM
         """
         model = super().from_pretrained(pretrained_model_name_or_path, **kwargs)
         if model.config.get("expert_precision"):
-            from ..quantization import apply_stored_precision
-
             apply_stored_precision(model)
         return model
 
-    def save_pretrained(self, save_directory, *args, **kwargs) -> None:
-        """`ModelMixin.save_pretrained`; refuses experts whose weights diffusers cannot write (torchao, GGUF)."""
-        from ..quantization import check_serializable
-
+    def save_pretrained(self, save_directory, is_main_process: bool = True, save_function=None,
+                        safe_serialization: bool = True, variant: str | None = None,
+                        max_shard_size: int | str = "10GB", push_to_hub: bool = False, use_flashpack: bool = False,
+                        **kwargs) -> None:
+        """`ModelMixin.save_pretrained` (same arguments, listed so that a pipeline's `save_pretrained` passes
+        ``variant`` / ``safe_serialization`` / ``max_shard_size`` on); refuses experts whose weights diffusers cannot
+        write (torchao, GGUF) before anything is written."""
         check_serializable(self)
-        super().save_pretrained(save_directory, *args, **kwargs)
+        super().save_pretrained(save_directory, is_main_process=is_main_process, save_function=save_function,
+                                safe_serialization=safe_serialization, variant=variant, max_shard_size=max_shard_size,
+                                push_to_hub=push_to_hub, use_flashpack=use_flashpack, **kwargs)
 
     @classmethod
     def from_gguf(cls, high, low, config, compute_dtype: torch.dtype = torch.bfloat16,
                   boundary_ratio: float = 0.875) -> "WanMoETransformer3DModel":
-        """Both experts from per-expert GGUF files (see `diffusers_wan22.quantization.moe_from_gguf`)."""
-        from ..quantization import moe_from_gguf
-
-        return moe_from_gguf(high, low, config, compute_dtype=compute_dtype, boundary_ratio=boundary_ratio)
+        """Both experts from per-expert GGUF files (either may be ``None``: partial loading), through diffusers' GGUF
+        quantizer (`diffusers_wan22.quantizers.gguf.load_gguf_expert`). ``config``: the experts' configuration (a
+        model, a config dict, or a folder holding a diffusers or official ``config.json``)."""
+        experts = {name: load_gguf_expert(path, config, compute_dtype) if path is not None else None
+                   for name, path in ((HIGH, high), (LOW, low))}
+        # `from_experts` records each expert's precision (policy "gguf") in the config
+        return cls.from_experts(experts[HIGH], experts[LOW], boundary_ratio=boundary_ratio)
 
     # ------------------------------------------------------------------ precision
     def set_expert_precision(self, high: str | None = None, low: str | None = None, scope: str = "all",
                              compute_dtype: torch.dtype | str | None = None) -> dict:
         """Per-expert precision policy (``"bf16"``, ``"fp8"``, ``"int8-weight-only"``, ...; ``scope`` ``"all"``,
-        ``"ffn"``, ``"attn"``, ``"ffn+attn"``). See `diffusers_wan22.quantization`."""
-        from ..quantization import set_expert_precision
-
+        ``"ffn"``, ``"attn"``, ``"ffn+attn"``). See `diffusers_wan22.hooks.precision`."""
         return set_expert_precision(self, high=high, low=low, scope=scope, compute_dtype=compute_dtype)
 
     def load_gguf_expert(self, name: str, path, compute_dtype: torch.dtype | None = None) -> WanTransformer3DModel:
-        """Replace expert ``name`` with a GGUF file (same config), through diffusers' GGUF quantizer."""
-        from ..quantization import replace_expert_with_gguf
+        """Replace expert ``name`` with a GGUF file (same config as the expert it replaces).
 
-        return replace_expert_with_gguf(self, name, path, compute_dtype)
+        Do this before enabling offload / lazy experts: hooks on the replaced expert are not carried over.
+        """
+        current = self.get_expert(name)
+        reference = current if current is not None else self.experts_named()[0]
+        dtype = compute_dtype or (current.dtype if current is not None else torch.bfloat16)
+        expert = load_gguf_expert(path, reference, dtype)
+        setattr(self, EXPERT_ATTRS[name], expert)
+        records = dict(self.config.get("expert_precision") or {})
+        records[name] = expert._wan22_precision
+        self.register_to_config(expert_precision=records)
+        return expert
 
     def precision_report(self) -> dict:
         """Per expert: precision record, parameter bytes as stored, parameter count, compute dtype."""
-        from ..quantization import precision_report
-
         return precision_report(self)
 
     @property
@@ -261,15 +278,13 @@ class WanMoETransformer3DModel(ModelMixin, ConfigMixin, PeftAdapterMixin, CacheM
         return merged
 
     def _experts_with_adapters(self, expert: str = "both") -> list[WanTransformer3DModel]:
-        experts = [e for e in self.experts_named(expert) if getattr(e, "_hf_peft_config_loaded", False)]
+        experts = [e for e in self.experts_named(expert) if peft_adapters_loaded(e)]
         if not experts:
             raise ValueError(f"No LoRA adapter is loaded in the {expert!r} expert(s).")
         return experts
 
     def load_lora_adapter(self, pretrained_model_name_or_path_or_dict, expert: str = "both", **kwargs) -> None:
         """`PeftAdapterMixin.load_lora_adapter` into one expert or both (keys are relative to an expert)."""
-        from ..quantization import quantization_state
-
         state_dict = pretrained_model_name_or_path_or_dict
         quantized = {n: s for n in ((HIGH, LOW) if expert == "both" else (expert,))
                      if self.get_expert(n) is not None and (s := quantization_state(self.get_expert(n)))}
@@ -320,7 +335,7 @@ class WanMoETransformer3DModel(ModelMixin, ConfigMixin, PeftAdapterMixin, CacheM
                 e.delete_adapters(own)
 
     def active_adapters(self) -> list[str]:
-        return sorted({n for e in self.experts_named() if getattr(e, "_hf_peft_config_loaded", False)
+        return sorted({n for e in self.experts_named() if peft_adapters_loaded(e)
                        for n in e.active_adapters()})
 
     def enable_cache(self, config=None, expert: str = "both", *, high=None, low=None) -> None:

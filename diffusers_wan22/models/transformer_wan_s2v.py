@@ -368,41 +368,15 @@ class WanS2VTransformer3DModel(ModelMixin, ConfigMixin, PeftAdapterMixin, CacheM
         batch, _, frames, height, width = hidden_states.shape
         p_t, p_h, p_w = self.config.patch_size
         grid = (frames // p_t, height // p_h, width // p_w)
-        device = hidden_states.device
 
         audio_global, audio_tokens = self.encode_audio(audio_embeds, motion_frames)
         if audio_tokens.shape[1] != grid[0]:
             raise ValueError(f"audio gives {audio_tokens.shape[1]} latent frames but the video has {grid[0]}: pass "
                              f"4 audio frames per latent frame (got {audio_embeds.shape[-1]} for {frames}).")
 
-        video = self.patch_embedding(hidden_states)
-        if self.pose_embedding is not None:
-            # Without pose the official model still adds the pose encoder's response to zeros: its bias.
-            video = video + (self.pose_embedding(pose_latents.to(video.dtype)) if pose_latents is not None
-                             else self.pose_embedding.bias.to(video.dtype)[None, :, None, None, None])
-        video = video.flatten(2).transpose(1, 2)
-        ref = self.patch_embedding(ref_latents).flatten(2).transpose(1, 2)
-        ref_grid = ref_latents.shape[-2] // p_h, ref_latents.shape[-1] // p_w
-        groups = [(np.arange(grid[0]), np.arange(grid[1]), np.arange(grid[2])),
-                  (np.array([REFERENCE_FRAME_INDEX]), np.arange(ref_grid[0]), np.arange(ref_grid[1]))]
-        types = self.token_type_embedding.weight
-        parts = [video + types[VIDEO].to(video.dtype), ref + types[REFERENCE].to(ref.dtype)]
-        if not drop_motion_frames:
-            effective = int(self.config.add_last_motion) * int(add_last_motion)
-            motion, motion_groups = self.motion_packer(motion_latents.to(video.dtype), effective)
-            parts.append(motion + types[MOTION].to(motion.dtype))
-            groups += motion_groups
-        num_video = video.shape[1]
-        hidden = torch.cat(parts, dim=1)
-        rotary_emb = self.rotary_for(groups, device)
-
-        # Time: video tokens see t, reference and motion tokens t = 0 (zero_timestep), in one embedder call.
-        t_all = torch.cat([timestep.reshape(-1), timestep.new_zeros(1)])
-        temb, timestep_proj, context, _ = self.condition_embedder(t_all, encoder_hidden_states)
-        timestep_proj = timestep_proj.unflatten(1, (6, -1))  # [B+1, 6, D]
-        temb = temb[:batch]
-        other = timestep_proj[batch:] if self.config.zero_timestep else timestep_proj[:batch]
-        block_temb = torch.stack([timestep_proj[:batch], other.expand(batch, -1, -1)], dim=1)  # [B, 2, 6, D]
+        hidden, num_video, rotary_emb = self._embed_tokens(hidden_states, ref_latents, motion_latents, pose_latents,
+                                                          grid, drop_motion_frames, add_last_motion)
+        temb, context, block_temb = self._embed_time_and_text(timestep, encoder_hidden_states, batch)
 
         injector_of = {layer: i for i, layer in enumerate(self.config.audio_inject_layers)}
         audio_tokens = audio_tokens.flatten(0, 1)  # [(B F), K, D]
@@ -422,6 +396,40 @@ class WanS2VTransformer3DModel(ModelMixin, ConfigMixin, PeftAdapterMixin, CacheM
         hidden = hidden.reshape(batch, *grid, p_t, p_h, p_w, -1).permute(0, 7, 1, 4, 2, 5, 3, 6)
         output = hidden.flatten(6, 7).flatten(4, 5).flatten(2, 3)
         return Transformer2DModelOutput(sample=output) if return_dict else (output,)
+
+    def _embed_tokens(self, hidden_states, ref_latents, motion_latents, pose_latents, grid, drop_motion_frames: bool,
+                      add_last_motion: int):
+        """[video (+ pose) | reference | FramePack motion] tokens with their type embeddings, the number of video
+        tokens, and the rotary tables of the whole layout."""
+        p_t, p_h, p_w = self.config.patch_size
+        video = self.patch_embedding(hidden_states)
+        if self.pose_embedding is not None:
+            # Without pose the official model still adds the pose encoder's response to zeros: its bias.
+            video = video + (self.pose_embedding(pose_latents.to(video.dtype)) if pose_latents is not None
+                             else self.pose_embedding.bias.to(video.dtype)[None, :, None, None, None])
+        video = video.flatten(2).transpose(1, 2)
+        ref = self.patch_embedding(ref_latents).flatten(2).transpose(1, 2)
+        ref_grid = ref_latents.shape[-2] // p_h, ref_latents.shape[-1] // p_w
+        groups = [(np.arange(grid[0]), np.arange(grid[1]), np.arange(grid[2])),
+                  (np.array([REFERENCE_FRAME_INDEX]), np.arange(ref_grid[0]), np.arange(ref_grid[1]))]
+        types = self.token_type_embedding.weight
+        parts = [video + types[VIDEO].to(video.dtype), ref + types[REFERENCE].to(ref.dtype)]
+        if not drop_motion_frames:
+            effective = int(self.config.add_last_motion) * int(add_last_motion)
+            motion, motion_groups = self.motion_packer(motion_latents.to(video.dtype), effective)
+            parts.append(motion + types[MOTION].to(motion.dtype))
+            groups += motion_groups
+        return torch.cat(parts, dim=1), video.shape[1], self.rotary_for(groups, hidden_states.device)
+
+    def _embed_time_and_text(self, timestep, encoder_hidden_states, batch: int):
+        """Time: video tokens see t, reference and motion tokens t = 0 (zero_timestep), in one embedder call.
+        Returns (temb of the head, text context, per-block modulation [B, 2, 6, D])."""
+        t_all = torch.cat([timestep.reshape(-1), timestep.new_zeros(1)])
+        temb, timestep_proj, context, _ = self.condition_embedder(t_all, encoder_hidden_states)
+        timestep_proj = timestep_proj.unflatten(1, (6, -1))  # [B+1, 6, D]
+        other = timestep_proj[batch:] if self.config.zero_timestep else timestep_proj[:batch]
+        block_temb = torch.stack([timestep_proj[:batch], other.expand(batch, -1, -1)], dim=1)
+        return temb[:batch], context, block_temb
 
     def _inject_audio(self, hidden, num_video: int, num_frames: int, injector: int, audio_tokens, audio_global):
         """Residual audio cross-attention on the video tokens, each latent frame attending to its own audio."""

@@ -5,16 +5,20 @@ from __future__ import annotations
 from typing import Any, Callable
 
 import torch
+from diffusers import AutoencoderKLWan, WanTransformer3DModel
 from diffusers.callbacks import MultiPipelineCallbacks, PipelineCallback
+from transformers import AutoTokenizer, UMT5EncoderModel
 
-from ..configs import VARIANTS, VariantDefaults
-from ..image_sizing import i2v_a14b_image, i2v_a14b_size, ti2v_best_output_size, ti2v_image, to_pil
+from ..loaders.lora import Wan22LoraLoaderMixin
+from ..models.transformer_wan_moe import WanMoETransformer3DModel
+from ..utils.image import i2v_a14b_image, i2v_a14b_size, ti2v_best_output_size, ti2v_image, to_pil
 from .pipeline_output import Wan22PipelineOutput
-from .pipeline_wan22 import Wan22Pipeline
+from .pipeline_utils import Wan22BasePipeline
+from .pipeline_wan22 import Wan22MoEPipelineMixin, text_branches
 
 
-class Wan22ImageToVideoPipeline(Wan22Pipeline):
-    r"""Wan 2.2 image-to-video, sharing the denoising loop of `Wan22Pipeline`.
+class Wan22ImageToVideoPipeline(Wan22MoEPipelineMixin, Wan22LoraLoaderMixin, Wan22BasePipeline):
+    r"""Wan 2.2 image-to-video, on the shared denoising loop.
 
     * **I2V-A14B** (MoE transformer, 36 input channels): every step sees the noisy latent plus a 20-channel
       condition — a 4-channel first-frame mask and the VAE latent of [image, black frames].
@@ -26,9 +30,19 @@ class Wan22ImageToVideoPipeline(Wan22Pipeline):
     center crop). Other arguments are those of `Wan22Pipeline.__call__`.
     """
 
-    @property
-    def variant_defaults(self) -> VariantDefaults:
-        return VARIANTS["i2v-A14B"] if self.is_moe else VARIANTS["ti2v-5B"]
+    _variants = ("i2v-A14B", "ti2v-5B")
+
+    def __init__(
+        self,
+        tokenizer: AutoTokenizer,
+        text_encoder: UMT5EncoderModel,
+        transformer: WanMoETransformer3DModel | WanTransformer3DModel,
+        vae: AutoencoderKLWan,
+        scheduler,
+    ):
+        super().__init__()
+        self.register_wan_modules(vae=vae, text_encoder=text_encoder, tokenizer=tokenizer, transformer=transformer,
+                                  scheduler=scheduler)
 
     def output_size(self, image, height: int | None, width: int | None, max_area: int | None) -> tuple[int, int]:
         """(width, height) of the video: explicit values win, else the official rule for this variant."""
@@ -96,50 +110,41 @@ class Wan22ImageToVideoPipeline(Wan22Pipeline):
             Other arguments: see `Wan22Pipeline.__call__` (defaults: I2V-A14B 81 frames, 40 steps, shift 5,
             guidance 3.5/3.5, boundary 0.9; TI2V-5B 121 frames, 50 steps, guidance 5.0).
         """
-        if isinstance(callback_on_step_end, (PipelineCallback, MultiPipelineCallbacks)):
-            callback_on_step_end_tensor_inputs = callback_on_step_end.tensor_inputs
-        num_frames, num_inference_steps, scales = self.resolve_call_defaults(
-            num_frames, num_inference_steps, expert_steps, guidance_scale, guidance_scale_2
-        )
+        tensor_inputs = self.resolve_callback_inputs(callback_on_step_end, callback_on_step_end_tensor_inputs)
+        num_frames, num_inference_steps, guidance = self.resolve_call_defaults(
+            num_frames, num_inference_steps, expert_steps, guidance_scale, guidance_scale_2)
 
         # 1. Check inputs (image type and size rule first: both are cheap)
         pil = to_pil(image)
         width, height = self.output_size(pil, height, width, max_area)
-        self.check_call_inputs(
-            prompt, negative_prompt, height, width, num_frames, num_inference_steps, scales, boundary_ratio,
-            prompt_embeds, negative_prompt_embeds, latents, callback_on_step_end_tensor_inputs, expert_steps,
-        )
-        device, batch_size = self.begin_call(scales, attention_kwargs, batched_cfg, prompt, prompt_embeds)
-        batch = batch_size * num_videos_per_prompt
+        self.check_text_call(
+            height, width, num_frames, num_inference_steps, boundary_ratio, expert_steps, latents, prompt=prompt,
+            negative_prompt=negative_prompt, prompt_embeds=prompt_embeds, negative_prompt_embeds=negative_prompt_embeds,
+            guidance=guidance, num_videos_per_prompt=num_videos_per_prompt, output_type=output_type,
+            callback_on_step_end_tensor_inputs=tensor_inputs, max_sequence_length=max_sequence_length)
+        device = self.begin_call(guidance, attention_kwargs, batched_cfg)
 
         # 2. Timesteps, and the expert + guidance of every step
-        timesteps, experts, step_scales = self.plan_steps(
-            num_inference_steps, boundary_ratio, scales, device, expert_steps
-        )
+        timesteps, experts, step_scales = self.plan_steps(num_inference_steps, guidance, device, boundary_ratio,
+                                                          expert_steps)
         self._do_cfg = any(g > 1.0 for g in step_scales)
 
         # 3. Encode the prompts
         prompt_embeds, negative_prompt_embeds = self.encode_prompts(
             prompt, negative_prompt, self._do_cfg, num_videos_per_prompt, prompt_embeds, negative_prompt_embeds,
-            max_sequence_length, device,
-        )
+            max_sequence_length, device)
 
         # 4. Initial noise, and the image condition
+        batch = prompt_embeds.shape[0]
         latents = self.initial_latents(batch, num_frames, height, width, generator, latents, device)
         first_frame = (i2v_a14b_image if self.is_moe else ti2v_image)(pil, width, height)
         condition = self.image_condition(first_frame, num_frames, batch, device)
 
         # 5. Denoise
         latents = self.denoise(
-            latents, timesteps, experts, step_scales, prompt_embeds, negative_prompt_embeds, **condition,
+            latents, timesteps, experts, step_scales, *text_branches(prompt_embeds, negative_prompt_embeds), **condition,
             attention_kwargs=attention_kwargs, callback_on_step_end=callback_on_step_end,
-            callback_on_step_end_tensor_inputs=callback_on_step_end_tensor_inputs,
-            callback_on_expert_switch=callback_on_expert_switch,
-        )
+            callback_on_step_end_tensor_inputs=tensor_inputs, callback_on_expert_switch=callback_on_expert_switch)
 
         # 6. Decode
-        video = self.decode_latents(latents, output_type)
-        self.maybe_free_model_hooks()
-        if not return_dict:
-            return (video,)
-        return Wan22PipelineOutput(frames=video, experts=experts, timesteps=[float(t) for t in timesteps.tolist()])
+        return self.video_output(latents, output_type, return_dict, experts, timesteps)

@@ -1,0 +1,44 @@
+"""One entry point for "a Wan 2.2 pipeline from whatever the user has": the built-in tiny model, a saved folder or
+an official checkpoint folder (used by the command line and the examples)."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import torch
+from diffusers import DiffusionPipeline
+
+from ..core.names import MODEL_INDEX
+from ..loaders.tiny import build_tiny_components
+from .pipeline_utils import Wan22BasePipeline
+from .pipeline_wan22 import Wan22Pipeline
+
+__all__ = ["build_demo_pipeline", "load_pipeline"]
+
+
+def build_demo_pipeline(variant: str = "t2v-A14B", seed: int = 0) -> Wan22Pipeline:
+    """The README's random-weight demo pipeline (a real `Wan22Pipeline`, tiny and random)."""
+    return Wan22Pipeline(**build_tiny_components(variant, seed=seed))
+
+
+def load_pipeline(model: str | os.PathLike, torch_dtype: torch.dtype | None = None,
+                  pipeline_cls: type[Wan22BasePipeline] = Wan22Pipeline, **kwargs) -> Wan22BasePipeline:
+    """A Wan 2.2 pipeline from any source a user hands us.
+
+    * ``"tiny"`` or ``"tiny:<variant>"``: the built-in random-weight demo components (docs, CI, smoke tests);
+    * a folder with ``model_index.json``: ``pipeline_cls.from_pretrained`` (our saved folders, and the stock
+      ``Wan-AI/Wan2.2-*-Diffusers`` layout written by ``wan22 convert --layout diffusers``);
+    * an official checkpoint folder: ``pipeline_cls.from_official``.
+
+    ``kwargs`` go to the loader (e.g. ``lazy_experts=True``).
+    """
+    text = str(model)
+    if text == "tiny" or text.startswith("tiny:"):
+        return pipeline_cls(**build_tiny_components(text.partition(":")[2] or "t2v-A14B"))
+    path = Path(text)
+    if not path.is_dir():
+        raise FileNotFoundError(f"Model {text!r} is not a folder (download the checkpoint first) nor 'tiny'.")
+    if (path / MODEL_INDEX).exists():
+        return pipeline_cls.from_pretrained(path, torch_dtype=torch_dtype, **kwargs)
+    return pipeline_cls.from_official(path, torch_dtype=torch_dtype, **kwargs)

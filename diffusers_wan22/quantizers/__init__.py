@@ -1,0 +1,1 @@
+"""Quantized expert formats: GGUF experts read through diffusers' GGUF quantizer."""
