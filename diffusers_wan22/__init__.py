@@ -21,6 +21,7 @@ __version__ = "0.1.0"
 _EXPORTS: dict[str, str] = {
     # pipelines
     **dict.fromkeys(["Wan22Pipeline", "Wan22ImageToVideoPipeline", "Wan22SpeechToVideoPipeline", "Wan22BasePipeline",
+                     "Wan22VideoPipeline",
                      "Wan22PipelineOutput", "Wan22SpeechToVideoPipelineOutput", "load_pipeline",
                      "build_demo_pipeline", "PIPELINES"], "pipelines"),
     # models

@@ -127,3 +127,12 @@ def test_user_facing_code_imports_from_the_top_level_only():
             if re.search(r"from diffusers_wan22\.\w+ import|import diffusers_wan22\.\w+", line):
                 deep.append(f"{path.relative_to(ROOT)}:{i}")
     assert not deep, "submodule imports in user-facing code: " + ", ".join(deep)
+
+
+def test_every_module_is_in_the_architecture_map():
+    """docs/architecture.md has one line per module: a new or moved module must be added there."""
+    doc = (ROOT / "docs" / "architecture.md").read_text(encoding="utf-8")
+    listed = set(re.findall(r"^\| `([\w/]+\.py)` \|", doc, re.M))
+    modules = {str(p.relative_to(PACKAGE)) for p in MODULES}
+    assert modules - listed == set(), f"modules missing from docs/architecture.md: {sorted(modules - listed)}"
+    assert listed - modules == set(), f"docs/architecture.md lists modules that do not exist: {sorted(listed - modules)}"

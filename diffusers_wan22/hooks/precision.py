@@ -1,4 +1,4 @@
-"""Per-expert precision policies and GGUF experts for the Wan 2.2 A14B mixture of experts.
+"""Per-expert precision policies for the Wan 2.2 A14B mixture of experts: casts, fp8 storage, torchao weight-only.
 
 Everything here runs diffusers' (or torchao's) own machinery on *one* expert at a time, so the two experts of a
 `WanMoETransformer3DModel` can be stored differently (e.g. the high-noise expert in fp8, the low-noise one in bf16).

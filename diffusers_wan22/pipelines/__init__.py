@@ -6,7 +6,7 @@ from ..core.names import PACKAGE
 from .auto import build_demo_pipeline, load_pipeline
 from .pipeline_output import Wan22PipelineOutput
 from .pipeline_utils import Wan22BasePipeline
-from .pipeline_wan22 import Wan22Pipeline
+from .pipeline_wan22 import Wan22Pipeline, Wan22VideoPipeline
 from .pipeline_wan22_i2v import Wan22ImageToVideoPipeline
 from .pipeline_wan22_s2v import Wan22SpeechToVideoPipeline, Wan22SpeechToVideoPipelineOutput
 
@@ -19,4 +19,5 @@ for _cls in PIPELINES:
     setattr(diffusers, _cls.__name__, _cls)
 
 __all__ = ["PIPELINES", "Wan22BasePipeline", "Wan22ImageToVideoPipeline", "Wan22Pipeline", "Wan22PipelineOutput",
-           "Wan22SpeechToVideoPipeline", "Wan22SpeechToVideoPipelineOutput", "build_demo_pipeline", "load_pipeline"]
+           "Wan22SpeechToVideoPipeline", "Wan22SpeechToVideoPipelineOutput", "Wan22VideoPipeline", "build_demo_pipeline",
+           "load_pipeline"]

@@ -7,7 +7,6 @@ import os
 from pathlib import Path
 
 import torch
-from diffusers import DiffusionPipeline
 
 from ..core.names import MODEL_INDEX
 from ..loaders.tiny import build_tiny_components

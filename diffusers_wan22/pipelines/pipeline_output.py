@@ -1,3 +1,5 @@
+"""The outputs of the Wan 2.2 text- and image-to-video pipelines."""
+
 from __future__ import annotations
 
 from dataclasses import dataclass, field

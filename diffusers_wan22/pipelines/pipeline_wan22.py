@@ -38,10 +38,22 @@ def text_branches(prompt_embeds, negative_prompt_embeds) -> tuple[dict, dict | N
     return {"encoder_hidden_states": prompt_embeds}, uncond
 
 
-class Wan22MoEPipelineMixin:
-    """What the text- and image-to-video pipelines share on top of `Wan22BasePipeline`: the A14B mixture of experts
-    (per-expert precision, checked saving, ``expert_steps`` / ``boundary_ratio``) or the dense TI2V-5B, their call
-    defaults and checks."""
+class Wan22VideoPipeline(Wan22LoraLoaderMixin, Wan22BasePipeline):
+    """What the text- and image-to-video pipelines share on top of `Wan22BasePipeline`: their components, the A14B
+    mixture of experts (per-expert precision, checked saving, ``expert_steps`` / ``boundary_ratio``) or the dense
+    TI2V-5B, their call defaults and checks."""
+
+    def __init__(
+        self,
+        tokenizer: AutoTokenizer,
+        text_encoder: UMT5EncoderModel,
+        transformer: WanMoETransformer3DModel | WanTransformer3DModel,
+        vae: AutoencoderKLWan,
+        scheduler,
+    ):
+        super().__init__()
+        self.register_wan_modules(vae=vae, text_encoder=text_encoder, tokenizer=tokenizer, transformer=transformer,
+                                  scheduler=scheduler)
 
     def resolve_call_defaults(self, num_frames, num_inference_steps, expert_steps, guidance_scale, guidance_scale_2):
         """(num_frames, num_inference_steps, (high, low) guidance) with the variant's official defaults filled in."""
@@ -101,7 +113,7 @@ class Wan22MoEPipelineMixin:
                                        use_flashpack=use_flashpack, **kwargs)
 
 
-class Wan22Pipeline(Wan22MoEPipelineMixin, Wan22LoraLoaderMixin, Wan22BasePipeline):
+class Wan22Pipeline(Wan22VideoPipeline):
     r"""Wan 2.2 text-to-video with the A14B mixture of experts (or a dense Wan 2.2 transformer).
 
     It accepts the same `__call__` arguments as diffusers' `WanPipeline` (`guidance_scale` drives the high-noise
@@ -119,18 +131,6 @@ class Wan22Pipeline(Wan22MoEPipelineMixin, Wan22LoraLoaderMixin, Wan22BasePipeli
     """
 
     _variants = ("t2v-A14B", "ti2v-5B")
-
-    def __init__(
-        self,
-        tokenizer: AutoTokenizer,
-        text_encoder: UMT5EncoderModel,
-        transformer: WanMoETransformer3DModel | WanTransformer3DModel,
-        vae: AutoencoderKLWan,
-        scheduler,
-    ):
-        super().__init__()
-        self.register_wan_modules(vae=vae, text_encoder=text_encoder, tokenizer=tokenizer, transformer=transformer,
-                                  scheduler=scheduler)
 
     @torch.no_grad()
     def __call__(

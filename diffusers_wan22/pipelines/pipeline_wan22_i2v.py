@@ -5,19 +5,14 @@ from __future__ import annotations
 from typing import Any, Callable
 
 import torch
-from diffusers import AutoencoderKLWan, WanTransformer3DModel
 from diffusers.callbacks import MultiPipelineCallbacks, PipelineCallback
-from transformers import AutoTokenizer, UMT5EncoderModel
 
-from ..loaders.lora import Wan22LoraLoaderMixin
-from ..models.transformer_wan_moe import WanMoETransformer3DModel
 from ..utils.image import i2v_a14b_image, i2v_a14b_size, ti2v_best_output_size, ti2v_image, to_pil
 from .pipeline_output import Wan22PipelineOutput
-from .pipeline_utils import Wan22BasePipeline
-from .pipeline_wan22 import Wan22MoEPipelineMixin, text_branches
+from .pipeline_wan22 import Wan22VideoPipeline, text_branches
 
 
-class Wan22ImageToVideoPipeline(Wan22MoEPipelineMixin, Wan22LoraLoaderMixin, Wan22BasePipeline):
+class Wan22ImageToVideoPipeline(Wan22VideoPipeline):
     r"""Wan 2.2 image-to-video, on the shared denoising loop.
 
     * **I2V-A14B** (MoE transformer, 36 input channels): every step sees the noisy latent plus a 20-channel
@@ -31,18 +26,6 @@ class Wan22ImageToVideoPipeline(Wan22MoEPipelineMixin, Wan22LoraLoaderMixin, Wan
     """
 
     _variants = ("i2v-A14B", "ti2v-5B")
-
-    def __init__(
-        self,
-        tokenizer: AutoTokenizer,
-        text_encoder: UMT5EncoderModel,
-        transformer: WanMoETransformer3DModel | WanTransformer3DModel,
-        vae: AutoencoderKLWan,
-        scheduler,
-    ):
-        super().__init__()
-        self.register_wan_modules(vae=vae, text_encoder=text_encoder, tokenizer=tokenizer, transformer=transformer,
-                                  scheduler=scheduler)
 
     def output_size(self, image, height: int | None, width: int | None, max_area: int | None) -> tuple[int, int]:
         """(width, height) of the video: explicit values win, else the official rule for this variant."""

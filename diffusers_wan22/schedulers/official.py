@@ -1,4 +1,4 @@
-"""Official Wan 2.2 timestep grids on top of diffusers' flow-matching schedulers, and the expert plan.
+"""Official Wan 2.2 timestep grids on top of diffusers' flow-matching schedulers, and the official default scheduler.
 
 The official sampler does not use diffusers' default sigma grids:
 
