@@ -214,7 +214,7 @@ def test_broken_folder_is_refused_by_name_and_nothing_is_written(folder, capsys,
 def test_unknown_config_fields_are_ignored_with_a_warning(folder, tmp_path, caplog):
     """Official config.json: loads (same weights), a warning names the file and the fields; `wan22 convert` works."""
     _edit_json(folder / HIGH / "config.json", future_option=True, notes="from a newer release")
-    with caplog.at_level(logging.WARNING, logger="diffusers_wan22.checkpoint_checks"):
+    with caplog.at_level(logging.WARNING, logger="diffusers_wan22.loaders.checks"):
         pipe = Wan22Pipeline.from_official(folder)
     warnings = [r.getMessage() for r in caplog.records if "ignoring unknown config field" in r.getMessage()]
     assert warnings and all(str(folder / HIGH / "config.json") in w for w in warnings)

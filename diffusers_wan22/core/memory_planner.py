@@ -41,7 +41,7 @@ one transformer block, ``U`` an expert's non-block parameters; weights in ``weig
 machine). With ``execution="cpu"`` the model runs in host RAM: the accelerator figure is 0 and host RAM is
 ``O + max over stages (resident weights + that stage's activations)``.
 
-Precision policies (``precision=``, per expert; see `diffusers_wan22.quantization`): an expert's bytes are::
+Precision policies (``precision=``, per expert; see `diffusers_wan22.hooks.precision`): an expert's bytes are::
 
     E = P * bytes(policy)                                 cast policies (fp32 4, bf16 / fp16 2)
     E = Q * bytes(policy) + (P - Q) * weight_bytes        quantizing policies, Q = weights of the scoped Linears:

@@ -1,7 +1,7 @@
 """Streaming, atomic, verified conversion of official Wan 2.2 checkpoints to diffusers folders (`wan22 convert`).
 
 * **Streaming:** tensors are read one at a time (safetensors `safe_open`, or `torch.load(mmap=True,
-  weights_only=True)` for `.pth`), renamed with the one key mapping in `conversion/official.py`, optionally cast,
+  weights_only=True)` for `.pth`), renamed with the one key mapping in `core/official_keys.py`, optionally cast,
   and appended to a shard that is written as soon as it reaches ``max_shard_size``. Peak host RAM is about one
   output shard plus one tensor, whatever the model size.
 * **Atomic:** everything is written into a hidden temporary sibling of DST, fsynced, and renamed to DST at the
@@ -361,7 +361,7 @@ def model_card(variant: str, layout: str) -> str:
                 if d.guidance_scale_2 is not None else f"guidance_scale={d.guidance_scale}")
     if variant == "s2v-14B":
         call = ("out = pipe(image=PIL.Image.open(\"face.png\"), audio=\"speech.wav\", prompt=\"A woman is singing.\")\n"
-                "from diffusers_wan22.video import save_video\n"
+                "from diffusers_wan22 import save_video\n"
                 "save_video(out.frames[0], \"talk.mp4\", out.fps, audio=out.audio)  # audio muxed in")
     else:
         call = (f"video = pipe(\"Two cats boxing on a stage.\", num_inference_steps={d.sample_steps}, "

@@ -20,7 +20,7 @@
 * ``enable_group_offload(...)`` — diffusers group offloading applied per component and per expert, each with its own
   ``offload_to_disk_path`` sub-directory (``<path>/transformer/high_noise_expert``, ...). diffusers 0.42.1 otherwise
   writes two same-class models into the same files and silently runs the wrong weights.
-* ``enable_memory_mode(mode, ...)`` — one switch for the modes the memory planner (`memory_planner.py`) predicts:
+* ``enable_memory_mode(mode, ...)`` — one switch for the modes the memory planner (`core/memory_planner.py`) predicts:
   ``"none"``, ``"model_offload"`` (stock whole-component offload), ``"expert_offload"``, ``"group_offload"``,
   ``"lazy_experts"``; VAE tiling is part of the mode.
 * ``estimate_memory(height=, width=, num_frames=, mode=)`` — the planner applied to this pipeline's components.

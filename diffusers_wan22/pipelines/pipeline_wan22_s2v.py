@@ -36,7 +36,7 @@ class Wan22SpeechToVideoPipelineOutput(BaseOutput):
             for ``"pil"``, a ``[1, F, 3, H, W]`` tensor for ``"pt"``, all in [0, 1]); for ``"latent"``, a list with each
             clip's final latents.
         audio (`np.ndarray`): the 16 kHz mono audio that drove the video, trimmed to the video's duration (pass it
-            to `diffusers_wan22.video.save_video(..., audio=...)` to mux it).
+            to `diffusers_wan22.save_video(..., audio=...)` to mux it).
         sampling_rate (`int`): the audio's sampling rate (16000).
         fps (`int`): frame rate the video was made for.
         num_clips (`int`): clips generated.
