@@ -31,6 +31,7 @@ EPILOG = """examples:
   wan22 info ./Wan2.2-T2V-A14B
   wan22 plan --size 1280*720 --frame_num 81          # memory of each offload mode for T2V-A14B
   wan22 plan --precision_table --model i2v-A14B      # which precision policies fit 24 / 40 GB
+  wan22 ui --model ./Wan2.2-T2V-A14B                 # a local web page (http://127.0.0.1:7860)
 """
 
 
@@ -133,7 +134,25 @@ def build_parser() -> argparse.ArgumentParser:
 
     plan = sub.add_parser("plan", help="predict peak accelerator memory and host RAM of each memory mode")
     add_plan_arguments(plan)
+
+    ui = sub.add_parser("ui", help="a local web page for every task (needs: pip install \"diffusers-wan22[ui]\")")
+    add_ui_arguments(ui)
     return parser
+
+
+def add_ui_arguments(parser: argparse.ArgumentParser) -> None:
+    """`wan22 ui` options."""
+    parser.add_argument("--model", default="tiny",
+                        help="official checkpoint folder or saved pipeline folder (one tab for its task), or 'tiny' "
+                             "(random demo weights, every task; default)")
+    parser.add_argument("--host", default="127.0.0.1", help="address to serve on (default: %(default)s, this machine "
+                                                            "only)")
+    parser.add_argument("--port", type=_positive_int, default=7860, help="default: %(default)s")
+    parser.add_argument("--allow-remote", "--allow_remote", dest="allow_remote", action="store_true",
+                        help="required for a --host other than localhost/127.0.0.1/::1 (the page has no login)")
+    parser.add_argument("--output_dir", default="wan22_outputs", help="where videos are written (default: "
+                                                                      "%(default)s)")
+    parser.add_argument("--device", default=None, help="e.g. cuda, cuda:1, cpu (default: cuda if available)")
 
 
 def add_convert_arguments(parser: argparse.ArgumentParser) -> None:

@@ -5,11 +5,12 @@ from __future__ import annotations
 import argparse
 import sys
 
-from . import convert, demo, generate, info, plan
+from . import convert, demo, generate, info, plan, ui
 from .parser import EXIT_USAGE
 from .validate import CliError
 
-COMMANDS = {"demo": demo.run, "generate": generate.run, "convert": convert.run, "info": info.run, "plan": plan.run}
+COMMANDS = {"demo": demo.run, "generate": generate.run, "convert": convert.run, "info": info.run, "plan": plan.run,
+            "ui": ui.run}
 
 
 def run_command(args: argparse.Namespace) -> int:

@@ -95,6 +95,12 @@ class Wan22BasePipeline(Wan22LoadingMixin, Wan22MemoryMixin, Wan22ParallelMixin,
     def interrupt(self) -> bool:
         return getattr(self, "_interrupt", False)
 
+    @interrupt.setter
+    def interrupt(self, value: bool) -> None:
+        """``pipe.interrupt = True`` (e.g. from ``callback_on_step_end`` or a UI's Cancel): the loop skips the
+        remaining steps of this call, as diffusers' ``pipe._interrupt = True`` does; reset when a call begins."""
+        self._interrupt = bool(value)
+
     @property
     def attention_kwargs(self):
         return getattr(self, "_attention_kwargs", None)

@@ -1,0 +1,88 @@
+"""What the page shows before a run: the timestep schedule with each step's expert (computed by the real scheduler
+code, as the pipeline will), and the memory planner's prediction per memory mode."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from functools import lru_cache
+from pathlib import Path
+
+from diffusers import DPMSolverMultistepScheduler, UniPCMultistepScheduler
+
+from ..core.memory_planner import GB, SPECS, MemoryEstimate, ModelSpec, best_mode, estimate_all
+from ..core.names import MODEL_INDEX
+from ..core.variants import boundary_timestep
+from ..schedulers.experts import expert_split_unshifted_sigmas, plan_experts
+from ..schedulers.official import official_scheduler, set_official_timesteps, solver_family
+from ..utils.memory_specs import spec_from_config
+from .tasks import TaskTab, is_tiny
+
+SOLVER_CLASSES = {"unipc": UniPCMultistepScheduler, "dpm++": DPMSolverMultistepScheduler}
+NUM_TRAIN_TIMESTEPS = 1000
+
+
+def scheduler_for(config, solver: str, shift: float | None):
+    """``--sample_solver`` / ``--sample_shift`` on a scheduler config (``None``: keep the config's shift)."""
+    return SOLVER_CLASSES[solver].from_config(config, **({} if shift is None else {"flow_shift": float(shift)}))
+
+
+@dataclass(frozen=True)
+class Schedule:
+    """The timesteps of a run, the expert of each step and the boundary between the experts (``None``: dense)."""
+
+    timesteps: list[float]
+    experts: list[str]
+    boundary: float | None
+
+
+def step_schedule(tab: TaskTab, steps: int, shift: float, solver: str = "unipc",
+                  expert_steps: tuple[int, int] | None = None) -> Schedule:
+    """The schedule the pipeline will run: the official grid of ``solver`` shifted by ``shift`` (or the grid split
+    at the boundary into ``expert_steps``), each step's expert by the official rule (`plan_experts`)."""
+    scheduler = scheduler_for(official_scheduler(tab.variant).config, solver, shift)
+    boundary = boundary_timestep(tab.defaults.boundary_ratio, NUM_TRAIN_TIMESTEPS)
+    sigmas = None
+    if expert_steps is not None and boundary is not None:
+        sigmas = expert_split_unshifted_sigmas(*expert_steps, boundary, float(shift), solver_family(scheduler),
+                                               NUM_TRAIN_TIMESTEPS)
+    timesteps = set_official_timesteps(scheduler, steps, unshifted_sigmas=sigmas).tolist()
+    return Schedule([float(t) for t in timesteps], plan_experts(timesteps, boundary), boundary)
+
+
+# ---------------------------------------------------------------------------------------------- memory plan
+@dataclass(frozen=True)
+class MemoryPlan:
+    """The planner's peaks per memory mode for one request, and the fastest mode within the budget."""
+
+    label: str
+    estimates: list[MemoryEstimate]
+    best: MemoryEstimate | None
+    budget_gb: float
+
+
+def planner_spec(tab: TaskTab, model: str) -> tuple[ModelSpec, str] | None:
+    """Sizes the planner uses for ``tab`` and where they come from: the saved folder's transformer config (counted
+    on ``meta``), else the real model of the task (``tiny`` plans for the real model: what a GPU run needs).
+    ``None`` when neither is known (the planner has no built-in sizes for the task)."""
+    config = Path(model) / "transformer" / "config.json"
+    if not is_tiny(model) and (Path(model) / MODEL_INDEX).exists() and config.exists():
+        return _saved_spec(str(config)), f"{Path(model).name} (its transformer config)"
+    spec = SPECS.get(tab.variant.lower())
+    return None if spec is None else (spec, f"the real {tab.variant}")
+
+
+@lru_cache(maxsize=4)
+def _saved_spec(config_path: str) -> ModelSpec:
+    cfg = json.loads(Path(config_path).read_text(encoding="utf-8"))
+    return spec_from_config(cfg, moe=cfg.get("_class_name") == "WanMoETransformer3DModel")
+
+
+def memory_plan(spec: ModelSpec, label: str, width: int, height: int, frames: int, dtype: str,
+                precision: str | None, budget_gb: float) -> MemoryPlan:
+    """`estimate_all` and `best_mode` for a request (``precision``: the experts' policy, ``None`` = ``dtype``)."""
+    kwargs = dict(weight_bytes=4 if dtype == "fp32" else 2)
+    if precision:
+        kwargs["precision"] = precision
+    return MemoryPlan(label, estimate_all(spec, height, width, frames, **kwargs),
+                      best_mode(spec, height, width, frames, budget_gb * GB, **kwargs), budget_gb)

@@ -1,0 +1,229 @@
+"""`wan22 ui --model tiny` as a real server, driven in headless Chromium (Debian's `chromium` package, through
+Playwright's Python API with ``executable_path``; no browser is downloaded) the way a person uses it:
+
+* a bad size shows an error next to the size field and starts nothing;
+* a run shows its progress step by step with the expert of each step, then a `<video>` whose file is a real mp4
+  with the requested frame count, a download, the settings and the equivalent `wan22 generate` command;
+* while a run runs no second one can start, and Cancel stops it through the pipeline's interrupt;
+* speech-to-video gives a video with its audio in the page.
+
+The same test writes a screenshot of every tab to docs/ui/ (referenced from docs/ui.md).
+"""
+
+from __future__ import annotations
+
+import re
+import shlex
+import shutil
+import socket
+import subprocess
+import time
+import urllib.request
+import wave
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+from test_cli import _has_audio_stream, read_video
+
+ROOT = Path(__file__).resolve().parents[1]
+SCREENSHOTS = ROOT / "docs" / "ui"
+CHROMIUM = "/usr/bin/chromium"
+# What Chromium needs on these machines: no sandbox as root, no GPU, and no background connections (the network is
+# closed; Chromium would otherwise keep trying Google's hosts).
+CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                  "--disable-background-networking", "--disable-component-update", "--disable-sync"]
+TABS = ("t2v", "i2v", "ti2v", "s2v")
+STARTUP_SECONDS = 240
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _wait_until_serving(url: str, proc: subprocess.Popen, log: Path) -> None:
+    deadline = time.monotonic() + STARTUP_SECONDS
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            pytest.fail(f"`wan22 ui` exited with {proc.returncode}:\n{log.read_text()[-3000:]}")
+        try:
+            with urllib.request.urlopen(url, timeout=2) as response:
+                if response.status == 200:
+                    return
+        except OSError:
+            time.sleep(0.5)
+    pytest.fail(f"`wan22 ui` did not serve {url} within {STARTUP_SECONDS} s:\n{log.read_text()[-3000:]}")
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory):
+    """`wan22 ui --model tiny` on a free local port; yields (url, output folder, log file)."""
+    work = tmp_path_factory.mktemp("ui")
+    out, log = work / "outputs", work / "server.log"
+    port = _free_port()
+    with open(log, "w") as sink:
+        proc = subprocess.Popen(["wan22", "ui", "--model", "tiny", "--port", str(port), "--output_dir", str(out)],
+                                cwd=work, stdout=sink, stderr=subprocess.STDOUT)
+    url = f"http://127.0.0.1:{port}/"
+    try:
+        _wait_until_serving(url, proc, log)
+        yield url, out, log
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
+
+
+@pytest.fixture(scope="module")
+def page(server):
+    """A headless Debian Chromium page on the UI. Missing pieces fail the test (CI installs them: .ci/run)."""
+    if shutil.which(CHROMIUM) is None:
+        pytest.fail(f"{CHROMIUM} is missing: the browser test needs Debian's chromium (apt-get install -y chromium)")
+    try:
+        from playwright.sync_api import sync_playwright
+    except ImportError:
+        pytest.fail("playwright is missing: pip install -e '.[test]' (it drives /usr/bin/chromium, no download)")
+    with sync_playwright() as pw:
+        browser = pw.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_FLAGS)
+        page = browser.new_page(viewport={"width": 1280, "height": 900}, accept_downloads=True)
+        page.set_default_timeout(60_000)
+        page.goto(server[0])
+        page.wait_for_selector("#t2v-run")
+        yield page
+        browser.close()
+
+
+# ------------------------------------------------------------------ helpers
+def fill(page, field: str, value) -> None:
+    """Type into a field (``<tab>-<name>``) and leave it, as a person does (the page updates on change)."""
+    box = page.locator(f"#{field} textarea, #{field} input").first
+    box.fill(str(value))
+    box.press("Tab")
+
+
+def watch_progress(page, tab: str, until: str, limit: float = 90.0) -> list[str]:
+    """Every status line the progress area shows until one contains ``until`` (polled every 50 ms)."""
+    seen: list[str] = []
+    deadline = time.monotonic() + limit
+    while time.monotonic() < deadline:
+        text = page.inner_text(f"#{tab}-progress").strip()
+        if text and (not seen or seen[-1] != text):
+            seen.append(text)
+        if until in text:
+            return seen
+        time.sleep(0.05)
+    pytest.fail(f"progress never showed {until!r}; it showed {seen}")
+
+
+def error_text(page, tab: str, field: str) -> str:
+    error = page.locator(f"#{tab}-{field}-error")
+    error.wait_for(state="visible")
+    return error.inner_text()
+
+
+def videos(out: Path) -> list[Path]:
+    return sorted(out.glob("*.mp4")) if out.exists() else []
+
+
+def download_video(page, tab: str, dest: Path) -> Path:
+    """The file behind the page's `<video>`, fetched as the browser would."""
+    src = page.locator(f"#{tab}-video video").get_attribute("src")
+    dest.write_bytes(page.request.get(src).body())
+    return dest
+
+
+# ------------------------------------------------------------------ tests
+def test_a_bad_size_shows_an_inline_error_and_starts_nothing(page, server):
+    _, out, _ = server
+    fill(page, "t2v-prompt", "Two cats boxing on a stage.")
+    fill(page, "t2v-size", "100*100")
+    page.click("#t2v-run")
+    assert "--size 100*100: width and height must be positive multiples of 16" in error_text(page, "t2v", "size")
+    # a pipeline check (frames 4k+1), shown next to its own field
+    fill(page, "t2v-size", "32*32")
+    fill(page, "t2v-frames", 6)
+    page.click("#t2v-run")
+    assert "`num_frames` must be 4k+1" in error_text(page, "t2v", "frames")
+    assert not page.locator("#t2v-size-error").is_visible()  # the size is fine now: its error is gone
+    time.sleep(1.0)
+    assert page.inner_text("#t2v-progress").strip() == "", "a refused request must not start a run"
+    assert videos(out) == []
+
+
+def test_a_run_shows_each_step_and_its_expert_then_the_video(page, server, tmp_path):
+    _, out, _ = server
+    fill(page, "t2v-frames", 5)
+    fill(page, "t2v-steps", 12)
+    fill(page, "t2v-seed", 7)
+    page.click("#t2v-run")
+    seen = watch_progress(page, "t2v", "Done in")
+    steps = [s for s in seen if re.search(r"step \d+/12", s)]
+    assert any("high-noise expert" in s for s in steps) and any("low-noise expert" in s for s in steps), seen
+    # the page's video is a real mp4 with the requested frames and size
+    assert read_video(download_video(page, "t2v", tmp_path / "page.mp4"))[:2] == (5, (32, 32))
+    with page.expect_download() as download:
+        page.click("#t2v-download")
+    assert Path(download.value.path()).read_bytes() == videos(out)[0].read_bytes()
+    line = page.input_value("#t2v-command textarea")
+    command = shlex.split(line)
+    assert command[:7] == ["wan22", "generate", "--model", "tiny", "--task", "t2v-A14B", "--prompt"]
+    for flag, value in [("--prompt", "Two cats boxing on a stage."), ("--frame_num", "5"), ("--size", "32*32"),
+                        ("--sample_steps", "12"), ("--base_seed", "7"), ("--output", str(videos(out)[0]))]:
+        assert command[command.index(flag) + 1] == value, (flag, line)
+    settings = re.sub(r"\s+", "", page.inner_text("#t2v-settings"))  # the JSON view puts each token on a line
+    assert '"base_seed":7' in settings and '"frames":5' in settings and '"boundary":875' in settings
+    SCREENSHOTS.mkdir(parents=True, exist_ok=True)
+    page.screenshot(path=SCREENSHOTS / "t2v.png", full_page=True)
+
+
+def test_one_run_at_a_time_and_cancel_stops_it(page, server):
+    _, out, _ = server
+    before = videos(out)
+    fill(page, "t2v-steps", 400)
+    page.click("#t2v-run")
+    watch_progress(page, "t2v", "step 2/400")
+    assert page.is_disabled("#t2v-run"), "a second run must not start while one runs"
+    page.click("#t2v-cancel")
+    final = watch_progress(page, "t2v", "Cancelled after")[-1]
+    done = int(re.search(r"Cancelled after (\d+) step", final)[1])
+    assert 2 <= done < 400
+    assert videos(out) == before, "a cancelled run writes nothing"
+    assert page.is_enabled("#t2v-run") and page.is_disabled("#t2v-cancel")
+
+
+def test_speech_to_video_plays_with_its_audio(page, server, tmp_path):
+    image, audio = tmp_path / "face.png", tmp_path / "tone.wav"
+    Image.fromarray((np.random.default_rng(0).random((64, 80, 3)) * 255).astype("uint8")).save(image)
+    t = np.arange(int(0.4 * 16000)) / 16000
+    with wave.open(str(audio), "wb") as w:
+        w.setnchannels(1), w.setsampwidth(2), w.setframerate(16000)
+        w.writeframes((0.3 * np.sin(2 * np.pi * 440 * t) * 32767).astype("<i2").tobytes())
+    page.click("#tab-s2v-button")
+    fill(page, "s2v-prompt", "A woman is singing.")
+    page.set_input_files("#s2v-image input[type=file]", str(image))
+    page.set_input_files("#s2v-audio input[type=file]", str(audio))
+    fill(page, "s2v-size", "64*64")
+    fill(page, "s2v-infer_frames", 8)
+    fill(page, "s2v-steps", 3)
+    page.locator("#s2v-image img").wait_for()  # both files uploaded and shown
+    page.locator("#s2v-audio [data-testid='download-link']").wait_for()
+    page.click("#s2v-run")
+    seen = watch_progress(page, "s2v", "Done in")
+    assert any(s.startswith("clip 1 · step") and "transformer" in s for s in seen), seen
+    video = download_video(page, "s2v", tmp_path / "s2v.mp4")
+    assert read_video(video)[0] == 5  # 8 frames per clip, the first clip drops the reference's 3
+    assert _has_audio_stream(video)
+    page.screenshot(path=SCREENSHOTS / "s2v.png", full_page=True)
+
+
+def test_screenshot_of_every_other_tab(page):
+    for tab in TABS:
+        if tab in ("t2v", "s2v"):  # taken after their runs above
+            continue
+        page.click(f"#tab-{tab}-button")
+        page.locator(f"#{tab}-run").wait_for(state="visible")
+        page.locator(f"#{tab}-schedule svg").wait_for()
+        page.screenshot(path=SCREENSHOTS / f"{tab}.png", full_page=True)
+    assert sorted(p.stem for p in SCREENSHOTS.glob("*.png")) == sorted(TABS)
