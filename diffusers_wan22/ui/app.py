@@ -21,7 +21,7 @@ from .charts import expert_name, memory_chart, progress_strip, schedule_chart
 from .form import GENERAL, check_request, command_line, resolve_seed, shell_command
 from .planning import memory_plan, planner_spec, step_schedule
 from .runner import CANCELLED, DONE, Busy, Job, Runner
-from .tasks import NO_IMAGE, REQUIRED_IMAGE, TaskTab, is_tiny, tabs_for
+from .tasks import NO_IMAGE, OPTIONAL_IMAGE, REQUIRED_IMAGE, TaskTab, is_tiny, tabs_for
 
 CSS = """
 .wan22-error-text { color: #d93025; font-size: 0.85em; }
@@ -37,6 +37,7 @@ POLL_SECONDS = 0.2
 
 def _gradio():
     """The Gradio module (optional heavy backend, the `ui` extra): imported only when the page is built."""
+    os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")  # a local page: no usage reports, no version check
     try:
         import gradio
     except ModuleNotFoundError:
@@ -107,7 +108,8 @@ class TabPage:
             self.add("audio", gr.Audio, label="Speech / song", type="filepath")
             self.add("pose_video", gr.Video, label="Pose video — optional", sources=["upload"])
         with gr.Row():
-            area = " (area budget: the shape follows the image)" if tab.image != NO_IMAGE else ""
+            area = {NO_IMAGE: "", REQUIRED_IMAGE: " (area budget: the shape follows the image)",
+                    OPTIONAL_IMAGE: " (with an image: area budget)"}[tab.image]
             self.add("size", gr.Textbox, f"{d.width}*{d.height}", label="Size W*H" + area,
                      info="official: " + ", ".join(f"{w}*{h}" for w, h in d.supported_sizes))
             if tab.clips:
