@@ -104,17 +104,21 @@ def fill(page, field: str, value) -> None:
 
 
 def watch_progress(page, tab: str, until: str, limit: float = 90.0) -> list[str]:
-    """Every status line the progress area shows until one contains ``until`` (polled every 50 ms)."""
+    """Every status line the progress area shows until one matches the pattern ``until`` (polled every 50 ms)."""
     seen: list[str] = []
     deadline = time.monotonic() + limit
     while time.monotonic() < deadline:
         text = page.inner_text(f"#{tab}-progress").strip()
         if text and (not seen or seen[-1] != text):
             seen.append(text)
-        if until in text:
+        if re.search(until, text):
             return seen
         time.sleep(0.05)
     pytest.fail(f"progress never showed {until!r}; it showed {seen}")
+
+
+def wait_for_text(page, selector: str, text: str) -> None:
+    page.wait_for_function("([s, t]) => document.querySelector(s).innerText.includes(t)", arg=[selector, text])
 
 
 def error_text(page, tab: str, field: str) -> str:
@@ -135,6 +139,26 @@ def download_video(page, tab: str, dest: Path) -> Path:
 
 
 # ------------------------------------------------------------------ tests
+def test_the_schedule_and_the_plan_follow_the_fields(page):
+    schedule = page.locator("#t2v-schedule")
+    assert "boundary t=875" in schedule.inner_html()  # official T2V: 40 steps, shift 12 -> 26 high + 14 low
+    legend = schedule.inner_text()
+    assert "high-noise expert: 26 steps" in legend and "low-noise expert: 14 steps" in legend
+    fill(page, "t2v-shift", 3)  # a smaller shift spends fewer steps at high noise
+    wait_for_text(page, "#t2v-schedule", "high-noise expert: 12 steps")
+    page.check("#t2v-split input")  # steps per expert: 2 + 2, split at the boundary
+    wait_for_text(page, "#t2v-schedule", "high-noise expert: 2 steps")
+    assert "low-noise expert: 2 steps" in schedule.inner_text()
+    page.wait_for_function("() => document.querySelector('#t2v-steps input').disabled")  # the steps are 2 + 2
+    page.uncheck("#t2v-split input")
+    fill(page, "t2v-shift", 12)
+    plan = page.locator("#t2v-plan")
+    assert "Recommended for 24 GB: group_offload" in plan.inner_text()
+    fill(page, "t2v-budget", 100)
+    wait_for_text(page, "#t2v-plan", "Recommended for 100 GB: none")
+    fill(page, "t2v-budget", 24)
+
+
 def test_a_bad_size_shows_an_inline_error_and_starts_nothing(page, server):
     _, out, _ = server
     fill(page, "t2v-prompt", "Two cats boxing on a stage.")
@@ -178,13 +202,27 @@ def test_a_run_shows_each_step_and_its_expert_then_the_video(page, server, tmp_p
     page.screenshot(path=SCREENSHOTS / "t2v.png", full_page=True)
 
 
+def test_screenshot_of_the_other_tabs(page):
+    for tab in ("i2v", "ti2v"):  # T2V and S2V are taken after their runs
+        page.click(f"#tab-{tab}-button")
+        page.locator(f"#{tab}-run").wait_for(state="visible")
+        page.locator(f"#{tab}-schedule svg").wait_for()
+        page.screenshot(path=SCREENSHOTS / f"{tab}.png", full_page=True)
+    page.click("#tab-t2v-button")
+
+
 def test_one_run_at_a_time_and_cancel_stops_it(page, server):
     _, out, _ = server
     before = videos(out)
     fill(page, "t2v-steps", 400)
     page.click("#t2v-run")
-    watch_progress(page, "t2v", "step 2/400")
+    watch_progress(page, "t2v", r"step ([2-9]|\d\d+)/400")  # at least two steps done
     assert page.is_disabled("#t2v-run"), "a second run must not start while one runs"
+    page.click("#tab-ti2v-button")  # nor from another tab: the server refuses it
+    fill(page, "ti2v-prompt", "A red car at sunset.")
+    page.click("#ti2v-run")
+    assert "A t2v-A14B run is in progress" in error_text(page, "ti2v", "general")
+    page.click("#tab-t2v-button")
     page.click("#t2v-cancel")
     final = watch_progress(page, "t2v", "Cancelled after")[-1]
     done = int(re.search(r"Cancelled after (\d+) step", final)[1])
@@ -216,14 +254,4 @@ def test_speech_to_video_plays_with_its_audio(page, server, tmp_path):
     assert read_video(video)[0] == 5  # 8 frames per clip, the first clip drops the reference's 3
     assert _has_audio_stream(video)
     page.screenshot(path=SCREENSHOTS / "s2v.png", full_page=True)
-
-
-def test_screenshot_of_every_other_tab(page):
-    for tab in TABS:
-        if tab in ("t2v", "s2v"):  # taken after their runs above
-            continue
-        page.click(f"#tab-{tab}-button")
-        page.locator(f"#{tab}-run").wait_for(state="visible")
-        page.locator(f"#{tab}-schedule svg").wait_for()
-        page.screenshot(path=SCREENSHOTS / f"{tab}.png", full_page=True)
     assert sorted(p.stem for p in SCREENSHOTS.glob("*.png")) == sorted(TABS)
