@@ -32,7 +32,7 @@ def t2v_pipe():
 
 
 @pytest.mark.parametrize("steps, shift, solver, expert_steps", [
-    (12, 12.0, "unipc", None), (7, 5.0, "dpm++", None), (4, 3.0, "unipc", (1, 3))])
+    (8, 12.0, "unipc", None), (7, 5.0, "dpm++", None), (4, 3.0, "unipc", (1, 3))])
 def test_the_drawn_schedule_is_the_one_the_pipeline_runs(t2v_pipe, steps, shift, solver, expert_steps):
     pipe = t2v_pipe
     pipe.scheduler = scheduler_for(pipe.scheduler.config, solver, shift)
@@ -82,6 +82,13 @@ def test_speech_to_video_frames_per_clip_are_checked(tmp_path):
     form = _form(image=str(image), audio=str(audio), size="64*64", infer_frames=6, guidance_2=None)
     request = check_request(TABS["s2v"], command_line(TABS["s2v"], "tiny", form, 0, "o.mp4"), parse_generate)
     assert "multiple of 4" in request.errors["infer_frames"]
+
+
+def test_free_text_starting_with_a_dash_stays_a_value():
+    argv = command_line(TABS["t2v"], "tiny", _form(prompt="-- a cat --", guidance_2=None), -5, "o.mp4")
+    request = check_request(TABS["t2v"], argv, parse_generate)
+    assert request.ok, request.errors
+    assert (request.args.prompt, request.args.base_seed, request.args.sample_guide_scale) == ("-- a cat --", -5, [4.0])
 
 
 def test_error_messages_name_their_field():

@@ -88,8 +88,13 @@ def _number(value) -> str | None:
 
 
 def _flag(argv: list[str], flag: str, *values) -> None:
+    """Append ``flag`` and its values, unless a value is empty (the command line's default then applies)."""
     texts = [_number(v) if isinstance(v, (int, float)) else v for v in values]
-    if texts and all(t not in (None, "") for t in texts):
+    if not texts or any(t in (None, "") for t in texts):
+        return
+    if len(texts) == 1 and texts[0].startswith("-"):  # e.g. a prompt starting with "-": not a flag
+        argv.append(f"{flag}={texts[0]}")
+    else:
         argv += [flag, *texts]
 
 
@@ -121,7 +126,8 @@ def command_line(tab: TaskTab, model: str, form: dict, seed: int, output: str) -
     _flag(argv, "--sample_shift", form.get("shift"))
     _flag(argv, "--sample_solver", form.get("solver"))
     if tab.is_moe:
-        _flag(argv, "--sample_guide_scale", form.get("guidance"), form.get("guidance_2"))
+        scales = [g for g in (form.get("guidance"), form.get("guidance_2")) if g is not None]
+        _flag(argv, "--sample_guide_scale", *scales)
         if form.get("split"):
             _flag(argv, "--expert-steps", form.get("high_steps"), form.get("low_steps"))
     else:
