@@ -7,16 +7,19 @@ Playwright's Python API with ``executable_path``; no browser is downloaded) the 
 * while a run runs no second one can start, and Cancel stops it through the pipeline's interrupt;
 * speech-to-video gives a video with its audio in the page.
 
-The same test writes a screenshot of every tab to docs/ui/ (referenced from docs/ui.md).
+The same test takes a screenshot of every tab; with ``WAN22_UI_SCREENSHOTS=docs/ui`` it writes them where docs/ui.md
+shows them (otherwise into a temporary folder, so a test run leaves the tracked images alone).
 """
 
 from __future__ import annotations
 
+import os
 import re
 import shlex
 import shutil
 import socket
 import subprocess
+import tempfile
 import time
 import urllib.request
 import wave
@@ -28,7 +31,7 @@ from PIL import Image
 from test_cli import _has_audio_stream, read_video
 
 ROOT = Path(__file__).resolve().parents[1]
-SCREENSHOTS = ROOT / "docs" / "ui"
+SCREENSHOTS = Path(os.environ.get("WAN22_UI_SCREENSHOTS") or tempfile.mkdtemp(prefix="wan22_ui_shots_"))
 CHROMIUM = "/usr/bin/chromium"
 # What Chromium needs on these machines: no sandbox as root, no GPU, and no background connections (the network is
 # closed; Chromium would otherwise keep trying Google's hosts).
