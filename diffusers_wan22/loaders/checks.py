@@ -41,6 +41,8 @@ OFFICIAL_S2V_FIELDS = frozenset({
     "enable_framepack", "enable_motioner", "enable_tsm", "framepack_drop_mode", "motion_token_num",
     "num_audio_token", "trainable_token_pos_emb", "zero_init", "zero_timestep", "motioner_dim", "motion_frames",
 })
+# Extra arguments of the official `WanAnimateModel` (its config.json's `_class_name`).
+OFFICIAL_ANIMATE_FIELDS = frozenset({"motion_encoder_dim", "use_context_parallel", "use_img_emb"})
 REQUIRED_DIT_FIELDS = ("dim", "num_heads", "num_layers", "ffn_dim", "in_dim", "out_dim")
 # Known fields whose other values would change the architecture in ways this package does not implement.
 SUPPORTED_DIT_VALUES = {"patch_size": [1, 2, 2], "window_size": [-1, -1], "qk_norm": True, "cross_attn_norm": True}
@@ -82,6 +84,7 @@ def read_official_dit_config(path: str | os.PathLike) -> dict:
         if (list(value) if isinstance(value, (list, tuple)) else value) != supported:
             raise ValueError(f"{path}: {key}={value!r} is not supported (Wan 2.2 uses {supported!r}).")
     known = OFFICIAL_DIT_FIELDS | (OFFICIAL_S2V_FIELDS if cfg.get("model_type") == "s2v" else frozenset())
+    known |= OFFICIAL_ANIMATE_FIELDS if cfg.get("_class_name") == "WanAnimateModel" else frozenset()
     unknown = sorted(k for k in cfg if k not in known)
     if unknown:
         logger.warning("%s: ignoring unknown config field(s) %s (not arguments of the official WanModel); "
