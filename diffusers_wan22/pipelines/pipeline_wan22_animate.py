@@ -146,7 +146,7 @@ def denoise_clip(transformer, scheduler, noise: torch.Tensor, timesteps: torch.T
     def velocity(x, t, kwargs):
         kwargs = dict(kwargs)
         hidden = torch.cat([x, kwargs.pop("y")], dim=1).to(dtype)
-        return transformer(hidden, t.expand(x.shape[0]), return_dict=False, **kwargs)[0].float()
+        return transformer(hidden_states=hidden, timestep=t.expand(x.shape[0]), return_dict=False, **kwargs)[0].float()
 
     for i, t in enumerate(timesteps):
         pred = velocity(latents, t, cond)
@@ -178,7 +178,8 @@ def clip_model_kwargs(cond: AnimateConditioning, y: torch.Tensor, pose_latents: 
     branch = dict(shared, encoder_hidden_states=cond.prompt_embeds.to(dtype), face_pixel_values=face)
     if not guided:
         return branch, None
-    blank = torch.full((1,) * face.ndim, -1.0, dtype=dtype, device=face.device).expand_as(face)  # no face
+    # No face: all -1. Materialised, not an expanded view: convolutions on stride-0 inputs take a slow path.
+    blank = torch.full_like(face, -1.0)
     return branch, dict(shared, encoder_hidden_states=cond.negative_prompt_embeds.to(dtype), face_pixel_values=blank)
 
 
