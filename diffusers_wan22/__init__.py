@@ -21,7 +21,7 @@ __version__ = "0.1.0"
 _EXPORTS: dict[str, str] = {
     # pipelines
     **dict.fromkeys(["Wan22Pipeline", "Wan22ImageToVideoPipeline", "Wan22SpeechToVideoPipeline", "Wan22BasePipeline",
-                     "Wan22VideoPipeline",
+                     "Wan22VideoPipeline", "Wan22AnimatePipeline", "Wan22AnimatePipelineOutput",
                      "Wan22PipelineOutput", "Wan22SpeechToVideoPipelineOutput", "load_pipeline",
                      "build_demo_pipeline", "PIPELINES"], "pipelines"),
     # models
@@ -35,6 +35,7 @@ _EXPORTS: dict[str, str] = {
     **dict.fromkeys(["detect_official_variant", "detect_saved_task"], "core.folders"),
     **dict.fromkeys(["load_official_transformer", "load_official_t5", "load_official_vae", "load_official_tokenizer",
                      "load_official_audio_stack"], "loaders.official_models"),
+    **dict.fromkeys(["load_official_animate_components"], "loaders.animate"),
     **dict.fromkeys(["convert_checkpoint", "ConversionReport"], "loaders.conversion"),
     **dict.fromkeys(["describe_folder"], "loaders.folder_info"),
     **dict.fromkeys(["SafetensorsExpertSource", "sources_from_folder", "official_expert_sources"],

@@ -15,19 +15,16 @@ import shutil
 import numpy as np
 import pytest
 import torch
-from diffusers import DPMSolverMultistepScheduler
+from diffusers import DiffusionPipeline, DPMSolverMultistepScheduler
 from safetensors.torch import load_file, save_file
 
 from conftest import OFFICIAL, assert_close_rel
-from diffusers_wan22 import Wan22Pipeline
+from diffusers_wan22 import Wan22AnimatePipeline
+from diffusers_wan22.core.animate import ANIMATE_CLIP_FILE, ANIMATE_PROMPT, RELIGHTING_LORA_FILE
 from diffusers_wan22.loaders.animate import (
-    CLIP_FILE, RELIGHTING_LORA_FILE, load_official_animate_components, load_official_animate_transformer,
-    load_relighting_lora, read_relighting_lora,
+    load_official_animate_components, load_official_animate_transformer, load_relighting_lora, read_relighting_lora,
 )
-from diffusers_wan22.pipelines.pipeline_wan22_animate import (
-    ANIMATE_PROMPT, AnimateConditioning, assemble_video, generate_clips, plan_clips, reference_condition,
-    reference_image_features,
-)
+from diffusers_wan22.pipelines.pipeline_wan22_animate import plan_clips, reference_image_features
 from diffusers_wan22.utils.animate_inputs import (
     check_clip_settings, load_animate_inputs, source_folder_inputs, unit_range,
 )
@@ -41,11 +38,6 @@ VIDEO_REL = 2e-3
 def golden():
     meta = json.loads((FIXTURE / "golden.json").read_text())["meta"]
     return meta, load_file(FIXTURE / "golden.safetensors")
-
-
-@pytest.fixture(scope="module")
-def components():
-    return load_official_animate_components(FIXTURE, torch_dtype=torch.float32)
 
 
 @pytest.fixture(scope="module")
@@ -79,11 +71,11 @@ def test_inputs_match_official_preprocessing(golden, mode):
     assert [plan.frames(k) for k in range(plan.num_clips)] == [c["frame_indices"] for c in run["clips"]]
 
 
-def test_clip_features_match_official(golden, components):
+def test_clip_features_match_official(golden, official_pipe):
     _, g = golden
     reference = unit_range(_inputs("animate").reference)
     assert torch.equal(reference, g["clip/ref_pixels"])
-    encoder = components["image_encoder"]
+    encoder = official_pipe.image_encoder
     seen = []
     handle = encoder.register_forward_pre_hook(lambda m, args: seen.append(args[0].clone()))
     try:
@@ -107,23 +99,20 @@ def _dit_inputs(g, context: torch.Tensor, blank_face: bool = False) -> dict:
 
 
 @pytest.fixture(scope="module")
-def prompt_context(components):
+def prompt_context(official_pipe):
     """The official prompt's umT5 context padded to 512 tokens (the DiT goldens' `context`)."""
-    helper = Wan22Pipeline(components["tokenizer"], components["text_encoder"], None, components["vae"],
-                           components["scheduler"])
     with torch.no_grad():
-        return helper.encode_prompt(ANIMATE_PROMPT, do_classifier_free_guidance=False, max_sequence_length=512,
-                                    device="cpu")[0]
+        return official_pipe.encode_prompts(ANIMATE_PROMPT, None, False, 1, None, None, 512, torch.device("cpu"))[0]
 
 
 _DIT_CALLS = {"out": (False, False), "out_blank_face": (True, False), "out_lora": (False, True)}
 
 
 @pytest.mark.parametrize("name", sorted(_DIT_CALLS))
-def test_dit_call_matches_official(golden, components, lora_transformer, prompt_context, name):
+def test_dit_call_matches_official(golden, official_pipe, lora_transformer, prompt_context, name):
     _, g = golden
     blank, lora = _DIT_CALLS[name]
-    model = lora_transformer if lora else components["transformer"]
+    model = lora_transformer if lora else official_pipe.transformer
     with torch.no_grad():
         out = model(**_dit_inputs(g, prompt_context, blank))[0][0]
     assert_close_rel(out, g[f"expert/model/{name}"], what=f"DiT {name}")
@@ -139,9 +128,9 @@ _INTERMEDIATES = {
 }
 
 
-def test_dit_intermediates_match_official(golden, components, prompt_context):
+def test_dit_intermediates_match_official(golden, official_pipe, prompt_context):
     _, g = golden
-    model = components["transformer"]
+    model = official_pipe.transformer
     modules = dict(model.named_modules())
     seen, handles = {}, []
     for official, ours in _INTERMEDIATES.items():
@@ -190,36 +179,42 @@ class DiTRecorder:
             h.remove()
 
 
-def _run(components, lora_transformer, meta, g, run):
-    """One official run through our clip loop; returns (video [3, F, H, W], per-clip latents, DiT calls, steps)."""
+@pytest.fixture(scope="module")
+def official_pipe():
+    return Wan22AnimatePipeline.from_official(FIXTURE, torch_dtype=torch.float32)
+
+
+def _pipe_for(official_pipe, lora_transformer, meta, run):
+    """A pipeline with the run's transformer (relighting LoRA or not) and a fresh scheduler of the run's solver."""
+    kw, info = meta["runs"][run]["generate_kwargs"], meta["runs"][run]
+    transformer = lora_transformer if info["pipeline_kwargs"]["use_relighting_lora"] else official_pipe.transformer
+    scheduler = official_pipe.scheduler
+    scheduler = (DPMSolverMultistepScheduler if kw["sample_solver"] == "dpm++" else type(scheduler)).from_config(
+        scheduler.config)
+    return Wan22AnimatePipeline(**official_pipe.components | dict(transformer=transformer, scheduler=scheduler))
+
+
+def _official_call(meta, g, run) -> dict:
+    """Our arguments for an official `generate()` run: same inputs, settings and per-clip noise."""
     kw = meta["runs"][run]["generate_kwargs"]
-    transformer = lora_transformer if meta["runs"][run]["pipeline_kwargs"]["use_relighting_lora"] else \
-        components["transformer"]
-    scheduler = components["scheduler"]
-    if kw["sample_solver"] == "dpm++":
-        scheduler = DPMSolverMultistepScheduler.from_config(scheduler.config)
-    helper = Wan22Pipeline(components["tokenizer"], components["text_encoder"], transformer, components["vae"],
-                           scheduler)
-    mode = "replace" if kw["replace_flag"] else "animate"
-    inputs = load_animate_inputs(**source_folder_inputs(FIXTURE / kw["src_root_path"], kw["replace_flag"]), mode=mode)
-    plan = plan_clips(inputs.num_frames, kw["clip_len"], kw["refert_num"])
-    guided = kw["guide_scale"] > 1
-    recorder, steps = DiTRecorder(transformer), []
+    return dict(**source_folder_inputs(FIXTURE / kw["src_root_path"], kw["replace_flag"]),
+                mode="replace" if kw["replace_flag"] else "animate", prompt=kw["input_prompt"],
+                negative_prompt=kw["n_prompt"], segment_frame_length=kw["clip_len"],
+                prev_segment_conditioning_frames=kw["refert_num"], num_inference_steps=kw["sampling_steps"],
+                guidance_scale=kw["guide_scale"],
+                latents=[g[f"{run}/noise_{k}"][None] for k in range(meta["runs"][run]["num_clips"])])
+
+
+def _run(pipe, meta, g, run):
+    """One official run through the pipeline; returns (output, DiT calls, latents after every step)."""
+    recorder, steps = DiTRecorder(pipe.transformer), []
+    pipe.set_progress_bar_config(disable=True)
     try:
-        with torch.no_grad():
-            prompt, negative = helper.encode_prompts(kw["input_prompt"] or ANIMATE_PROMPT, None, guided, 1, None,
-                                                     None, 512, torch.device("cpu"))
-            reference = unit_range(inputs.reference)
-            cond = AnimateConditioning(prompt, negative, reference_image_features(components["image_encoder"],
-                                                                                  reference),
-                                       reference_condition(helper.encode_image_latents(reference[None, :, None])))
-            noises = [g[f"{run}/noise_{k}"][None] for k in range(plan.num_clips)]
-            results = generate_clips(transformer, scheduler, helper.encode_image_latents, helper.vae_decode, inputs,
-                                     cond, plan, kw["sampling_steps"], kw["guide_scale"], noises, torch.device("cpu"),
-                                     callback=lambda k, i, t, x: steps.append(x.clone()) or x)
+        out = pipe(**_official_call(meta, g, run), output_type="pt",
+                   callback_on_step_end=lambda p, i, t, kw: steps.append(kw["latents"][0].clone()) or {})
     finally:
         recorder.close()
-    return assemble_video(results, inputs.num_frames)[0], results, recorder.calls, steps, scheduler
+    return out, recorder.calls, steps
 
 
 def _check_clip_calls(g, run: str, clip: int, calls: list[dict], guided: bool) -> None:
@@ -246,26 +241,81 @@ def _check_clip_calls(g, run: str, clip: int, calls: list[dict], guided: bool) -
 
 
 @pytest.mark.parametrize("run", RUNS)
-def test_official_run_clip_by_clip(golden, components, lora_transformer, run):
+def test_official_run_clip_by_clip(golden, official_pipe, lora_transformer, run):
+    """Every DiT call, every step, each clip's final latents and the decoded video of an official run."""
     meta, g = golden
-    video, results, calls, steps, scheduler = _run(components, lora_transformer, meta, g, run)
+    pipe = _pipe_for(official_pipe, lora_transformer, meta, run)
+    out, calls, steps = _run(pipe, meta, g, run)
     info = meta["runs"][run]
     guided = info["generate_kwargs"]["guide_scale"] > 1
-    num_steps = info["generate_kwargs"]["sampling_steps"]
+    num_steps, refert = info["generate_kwargs"]["sampling_steps"], info["generate_kwargs"]["refert_num"]
     per_clip = num_steps * (2 if guided else 1)
-    assert len(calls) == per_clip * info["num_clips"]
+    assert out.num_clips == info["num_clips"] and len(calls) == per_clip * info["num_clips"]
+    assert out.timesteps == info["clips"][0]["timesteps"]
     for k in range(info["num_clips"]):
-        assert scheduler.timesteps.tolist() == g[f"{run}/clip{k}/scheduler_timesteps"].tolist()
-        assert torch.equal(scheduler.sigmas.float(), g[f"{run}/clip{k}/scheduler_sigmas"])
+        assert pipe.scheduler.timesteps.tolist() == g[f"{run}/clip{k}/scheduler_timesteps"].tolist()
+        assert torch.equal(pipe.scheduler.sigmas.float(), g[f"{run}/clip{k}/scheduler_sigmas"])
         _check_clip_calls(g, run, k, calls[k * per_clip:(k + 1) * per_clip], guided)
         for i in range(num_steps):
-            assert_close_rel(steps[k * num_steps + i][0], g[f"{run}/clip{k}/latents_out"][i],
+            assert_close_rel(steps[k * num_steps + i], g[f"{run}/clip{k}/latents_out"][i],
                              what=f"{run} clip {k} latents after step {i}")
-        assert_close_rel(results[k].latents[0, :, 1:], g[f"{run}/vae_decode_in_{k}"], what=f"{run} clip {k} final")
-        if k:
-            assert_close_rel(results[k - 1].frames[0, :, -info["generate_kwargs"]["refert_num"]:],
-                             g[f"{run}/clip{k}/refer_t_pixel_values"], what=f"{run} clip {k} previous frames")
+        assert_close_rel(steps[(k + 1) * num_steps - 1][:, 1:], g[f"{run}/vae_decode_in_{k}"],
+                         what=f"{run} clip {k} final latents")
+    # ours: [B, F, 3, H, W] in [0, 1]; official: [3, F, H, W] in [-1, 1]
+    video = out.frames[0].permute(1, 0, 2, 3) * 2 - 1
+    clip_len = info["generate_kwargs"]["clip_len"]
+    assert_close_rel(video[:, clip_len - refert:clip_len], g[f"{run}/clip1/refer_t_pixel_values"], rel=VIDEO_REL,
+                     what=f"{run} frames the second clip starts from")
     assert_close_rel(video, g[f"{run}/video"], rel=VIDEO_REL, what=f"{run} video")
+
+
+def test_generator_draws_the_official_noise(golden, official_pipe):
+    """One CPU generator seeded once, the clips continuing its stream: the official noise of every clip."""
+    meta, g = golden
+    inputs = _inputs("animate")
+    plan = plan_clips(inputs.num_frames, 5, 1)
+    shape = official_pipe.clip_latent_shape(plan, inputs.size)
+    generator = torch.Generator("cpu").manual_seed(meta["seed"])
+    for k in range(plan.num_clips):
+        noise = official_pipe.clip_noise(k, None, shape, generator, torch.device("cpu"))
+        assert torch.equal(noise[0], g[f"run_animate_unipc/noise_{k}"])
+
+
+def _short_call(**overrides) -> dict:
+    """One clip of 9 frames (the 8 input frames padded), one step: cheap end-to-end calls."""
+    noise = torch.randn(1, 16, 4, 10, 8, generator=torch.Generator().manual_seed(3))
+    return dict(**source_folder_inputs(FIXTURE / "inputs/animate", False), segment_frame_length=9,
+                num_inference_steps=1, latents=[noise], output_type="latent") | overrides
+
+
+@pytest.fixture(scope="module")
+def short_reference(official_pipe):
+    """The short call's final latents, without and with guidance (sequential branches)."""
+    return {g: official_pipe(**_short_call(guidance_scale=g)).frames[0] for g in (1.0, 2.0)}
+
+
+def test_save_and_reload_with_diffusers_give_identical_output(official_pipe, short_reference, tmp_path):
+    official_pipe.save_pretrained(tmp_path / "animate")
+    index = json.loads((tmp_path / "animate" / "model_index.json").read_text())
+    assert index["_class_name"] == "Wan22AnimatePipeline"
+    assert index["image_encoder"] == ["transformers", "CLIPVisionModel"]
+    assert index["transformer"] == ["diffusers", "WanAnimateTransformer3DModel"]
+    reloaded = DiffusionPipeline.from_pretrained(tmp_path / "animate")
+    assert isinstance(reloaded, Wan22AnimatePipeline) and reloaded.scheduler.config.flow_shift == 5.0
+    assert torch.equal(reloaded(**_short_call()).frames[0], short_reference[1.0])
+
+
+@pytest.mark.parametrize("mode", ["expert_offload", "group_offload"])
+def test_memory_modes_give_identical_output(short_reference, mode):
+    """The offload chain text_encoder -> image_encoder -> transformer -> vae (CPU standing in for the device)."""
+    pipe = Wan22AnimatePipeline.from_official(FIXTURE, torch_dtype=torch.float32)
+    pipe.enable_memory_mode(mode, device="cpu", vae_tiling=False)
+    assert torch.equal(pipe(**_short_call()).frames[0], short_reference[1.0])
+
+
+def test_batched_cfg_matches_sequential_branches(official_pipe, short_reference):
+    batched = official_pipe(**_short_call(guidance_scale=2.0, batched_cfg=True)).frames[0]
+    assert_close_rel(batched, short_reference[2.0], rel=1e-5, what="batched CFG")
 
 
 # ------------------------------------------------------------------------------------------------ refusals
@@ -314,6 +364,34 @@ def test_missing_source_files_are_named(tmp_path):
         source_folder_inputs(tmp_path / "src", replace=False)
 
 
+PIPELINE_BAD = [
+    (dict(face_video=_frames(8, 64, 64)), ValueError, "512x512"),
+    (dict(face_video=_frames(6, 512, 512)), ValueError, "`face_video` has 6 frames"),
+    (dict(prev_segment_conditioning_frames=2), ValueError, "1 or 5"),
+    (dict(segment_frame_length=9, prev_segment_conditioning_frames=5), ValueError, "fewer than the 5"),
+    (dict(segment_frame_length=76), ValueError, "4k\\+1"),
+    (dict(mode="replace"), ValueError, "background_video"),
+    (dict(latents=[torch.zeros(1, 16, 3, 10, 8)]), ValueError, r"latents\[0\]"),
+    (dict(latents=[torch.zeros(1, 16, 4, 10, 8)] * 2), ValueError, "needs 1 clips"),
+    (dict(latents=torch.zeros(1, 16, 4, 10, 8)), ValueError, "one initial-noise tensor per clip"),
+    (dict(prompt=["a", "b"]), ValueError, "one string"),
+    (dict(guidance_scale=float("nan")), ValueError, "guidance_scale"),
+    (dict(num_inference_steps=0), ValueError, "num_inference_steps"),
+    (dict(output_type="gif"), ValueError, "output_type"),
+    (dict(image="/no/such/ref.png"), FileNotFoundError, "does not exist"),
+]
+
+
+@pytest.mark.parametrize("override, error, match", PIPELINE_BAD, ids=[str(i) for i in range(len(PIPELINE_BAD))])
+def test_bad_pipeline_input_refused_before_any_model_runs(official_pipe, forward_counter, override, error, match):
+    for name in ("transformer", "image_encoder", "text_encoder"):
+        forward_counter.attach(getattr(official_pipe, name), name)
+    forward_counter.attach(official_pipe.vae.encoder, "vae encoder")  # `vae.encode` does not call `vae.forward`
+    with pytest.raises(error, match=match):
+        official_pipe(**_short_call(**override))
+    assert forward_counter.calls == []
+
+
 def _folder_copy(tmp_path):
     folder = tmp_path / "ckpt"
     shutil.copytree(FIXTURE, folder, ignore=shutil.ignore_patterns("golden*", "inputs"))
@@ -322,7 +400,7 @@ def _folder_copy(tmp_path):
 
 def test_missing_clip_file_refused_before_any_weight_is_read(tmp_path, monkeypatch):
     folder = _folder_copy(tmp_path)
-    (folder / CLIP_FILE).unlink()
+    (folder / ANIMATE_CLIP_FILE).unlink()
     monkeypatch.setattr("diffusers_wan22.loaders.animate.load_official_animate_transformer",
                         lambda *a, **k: pytest.fail("the DiT was read before the folder check"))
     with pytest.raises(FileNotFoundError, match="CLIP image encoder"):

@@ -70,6 +70,12 @@ VARIANTS: dict[str, VariantDefaults] = {
         boundary_ratio=None, fps=16, num_frames=80, height=704, width=1024, vae_version="2.1",
         supported_sizes=((1024, 704), (704, 1024)), negative_prompt=S2V_NEGATIVE_PROMPT,
     ),
+    # Animate: num_frames is frames per clip (`clip_len`); the video takes the pose video's size (height x width:
+    # the official preprocessing's default resolution). Official negative prompt: the shared default.
+    "animate-14B": VariantDefaults(
+        name="animate-14B", sample_shift=5.0, sample_steps=20, guidance_scale=1.0, guidance_scale_2=None,
+        boundary_ratio=None, fps=30, num_frames=77, height=720, width=1280, vae_version="2.1",
+    ),
 }
 
 
