@@ -20,14 +20,12 @@ from safetensors.torch import load_file, save_file
 
 from conftest import OFFICIAL, assert_close_rel
 from diffusers_wan22 import Wan22AnimatePipeline
-from diffusers_wan22.core.animate import ANIMATE_CLIP_FILE, ANIMATE_PROMPT, RELIGHTING_LORA_FILE
+from diffusers_wan22.core.animate import ANIMATE_CLIP_FILE, ANIMATE_PROMPT, RELIGHTING_LORA_FILE, source_folder_files
 from diffusers_wan22.loaders.animate import (
     load_official_animate_components, load_official_animate_transformer, load_relighting_lora, read_relighting_lora,
 )
 from diffusers_wan22.pipelines.pipeline_wan22_animate import plan_clips, reference_image_features
-from diffusers_wan22.utils.animate_inputs import (
-    check_clip_settings, load_animate_inputs, source_folder_inputs, unit_range,
-)
+from diffusers_wan22.utils.animate_inputs import check_clip_settings, load_animate_inputs, unit_range
 
 FIXTURE = OFFICIAL / "animate_14b"
 RUNS = ("run_animate_unipc", "run_replace_lora_unipc", "run_animate_cfg2_dpmpp")
@@ -48,7 +46,7 @@ def lora_transformer():
 
 
 def _inputs(mode: str):
-    return load_animate_inputs(**source_folder_inputs(FIXTURE / "inputs" / mode, mode == "replace"), mode=mode)
+    return load_animate_inputs(**source_folder_files(FIXTURE / "inputs" / mode, mode == "replace"), mode=mode)
 
 
 # ------------------------------------------------------------------------------------------------ preprocessing
@@ -197,7 +195,7 @@ def _pipe_for(official_pipe, lora_transformer, meta, run):
 def _official_call(meta, g, run) -> dict:
     """Our arguments for an official `generate()` run: same inputs, settings and per-clip noise."""
     kw = meta["runs"][run]["generate_kwargs"]
-    return dict(**source_folder_inputs(FIXTURE / kw["src_root_path"], kw["replace_flag"]),
+    return dict(**source_folder_files(FIXTURE / kw["src_root_path"], kw["replace_flag"]),
                 mode="replace" if kw["replace_flag"] else "animate", prompt=kw["input_prompt"],
                 negative_prompt=kw["n_prompt"], segment_frame_length=kw["clip_len"],
                 prev_segment_conditioning_frames=kw["refert_num"], num_inference_steps=kw["sampling_steps"],
@@ -284,7 +282,7 @@ def test_generator_draws_the_official_noise(golden, official_pipe):
 def _short_call(**overrides) -> dict:
     """One clip of 9 frames (the 8 input frames padded), one step: cheap end-to-end calls."""
     noise = torch.randn(1, 16, 4, 10, 8, generator=torch.Generator().manual_seed(3))
-    return dict(**source_folder_inputs(FIXTURE / "inputs/animate", False), segment_frame_length=9,
+    return dict(**source_folder_files(FIXTURE / "inputs/animate", False), segment_frame_length=9,
                 num_inference_steps=1, latents=[noise], output_type="latent") | overrides
 
 
@@ -358,10 +356,10 @@ def test_bad_clip_settings_are_refused(clip_len, refert_num, message):
 def test_missing_source_files_are_named(tmp_path):
     shutil.copytree(FIXTURE / "inputs/animate", tmp_path / "src")
     with pytest.raises(FileNotFoundError, match=r"lacks \['src_bg.mp4', 'src_mask.mp4'\]"):
-        source_folder_inputs(tmp_path / "src", replace=True)
+        source_folder_files(tmp_path / "src", replace=True)
     (tmp_path / "src/src_face.mp4").unlink()
     with pytest.raises(FileNotFoundError, match=r"lacks \['src_face.mp4'\]"):
-        source_folder_inputs(tmp_path / "src", replace=False)
+        source_folder_files(tmp_path / "src", replace=False)
 
 
 PIPELINE_BAD = [
@@ -452,3 +450,55 @@ def test_dit_of_another_face_size_loads(tmp_path):
     with torch.no_grad():
         motion = model.motion_encoder(torch.zeros(2, 3, 256, 256))
     assert motion.shape == (2, model.config.motion_encoder_dim)
+
+
+# ------------------------------------------------------------------------------------------------ command line
+def test_cli_reproduces_the_official_replacement_run(golden, tmp_path, monkeypatch, capsys):
+    """`wan22 generate` with the official flags (--replace_flag --use_relighting_lora --refert_num, --frame_num as the
+    clip length, --base_seed): the official run's video (the noise comes from the seeded generator), written as mp4."""
+    from diffusers_wan22.cli import main
+    from diffusers_wan22.commands import generate
+
+    meta, g = golden
+    kw = meta["runs"]["run_replace_lora_unipc"]["generate_kwargs"]
+    written = []
+    real_save = generate.save_video
+    monkeypatch.setattr(generate, "save_video", lambda frames, *a, **k: written.append(frames) or real_save(
+        frames, *a, **k))
+    out = tmp_path / "replace.mp4"
+    code = main(["generate", "--model", str(FIXTURE), "--src_root_path", str(FIXTURE / kw["src_root_path"]),
+                 "--replace_flag", "--use_relighting_lora", "--refert_num", str(kw["refert_num"]),
+                 "--frame_num", str(kw["clip_len"]), "--sample_steps", str(kw["sampling_steps"]),
+                 "--base_seed", str(kw["seed"]), "--dtype", "fp32", "--device", "cpu", "--output", str(out)])
+    assert code == 0 and out.is_file() and "2 clips, 8 frames" in capsys.readouterr().out
+    video = torch.from_numpy(written[0]).permute(3, 0, 1, 2) * 2 - 1  # [F, H, W, 3] in [0, 1] -> official layout
+    assert_close_rel(video, g["run_replace_lora_unipc/video"], rel=VIDEO_REL, what="CLI replacement video")
+
+
+@pytest.mark.parametrize("args, message", [
+    ([], "needs --src_root_path"),
+    (["--src_root_path", "{src}", "--refert_num", "2"], "--refert_num must be 1 or 5"),
+    (["--src_root_path", "{src}", "--replace_flag"], "lacks ['src_bg.mp4', 'src_mask.mp4']"),
+    (["--src_root_path", "{src}", "--image", "{src}/src_ref.png"], "--image is not used by animate-14B"),
+    (["--src_root_path", "{src}", "--size", "1280*720"], "--size is not used by animate-14B"),
+])
+def test_cli_animate_usage_errors(capsys, args, message):
+    from diffusers_wan22.cli import main
+
+    src = str(FIXTURE / "inputs/animate")
+    code = main(["generate", "--model", str(FIXTURE), *[a.format(src=src) for a in args]])
+    err = capsys.readouterr().err
+    assert code == 2 and message in err and err.count("\n") == 1, err
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--model", "tiny", "--task", "animate-14B"], "no tiny demo model"),
+    (["--model", "tiny", "--prompt", "x", "--replace_flag"], "--replace_flag is for animate-14B only"),
+    (["--model", "tiny"], "one of the arguments --prompt --prompts is required"),
+])
+def test_cli_animate_flags_elsewhere_are_refused(capsys, args, message):
+    from diffusers_wan22.cli import main
+
+    code = main(["generate", *args])
+    err = capsys.readouterr().err
+    assert code == 2 and message in err and err.count("\n") == 1, err

@@ -11,7 +11,10 @@ from accelerate import PartialState
 from diffusers import DPMSolverMultistepScheduler, UniPCMultistepScheduler
 from PIL import Image
 
-from ..pipelines import Wan22ImageToVideoPipeline, Wan22Pipeline, Wan22SpeechToVideoPipeline, load_pipeline
+from ..core.animate import source_folder_files
+from ..pipelines import (
+    Wan22AnimatePipeline, Wan22ImageToVideoPipeline, Wan22Pipeline, Wan22SpeechToVideoPipeline, load_pipeline,
+)
 from ..utils.video import save_video
 from .demo import report_steps
 from .validate import CliError, check_task_inputs, parse_lora, read_prompts, resolve_task
@@ -22,14 +25,17 @@ DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
 def pipeline_class(task: str, with_image: bool):
     if task == "s2v-14B":
         return Wan22SpeechToVideoPipeline
+    if task == "animate-14B":
+        return Wan22AnimatePipeline
     return Wan22ImageToVideoPipeline if task == "i2v-A14B" or (task == "ti2v-5B" and with_image) else Wan22Pipeline
 
 
-def load_task_pipeline(model: str, task: str, with_image: bool, torch_dtype):
-    """The pipeline for ``task`` from ``tiny``, an official folder or a saved folder (re-wrapped if needed)."""
+def load_task_pipeline(model: str, task: str, with_image: bool, torch_dtype, **kwargs):
+    """The pipeline for ``task`` from ``tiny``, an official folder or a saved folder (re-wrapped if needed);
+    ``kwargs`` go to the loader (animate-14B: ``use_relighting_lora``)."""
     cls = pipeline_class(task, with_image)
     source = f"tiny:{task}" if model == "tiny" or model.startswith("tiny:") else model
-    pipe = load_pipeline(source, torch_dtype, pipeline_cls=cls)
+    pipe = load_pipeline(source, torch_dtype, pipeline_cls=cls, **kwargs)
     if not isinstance(pipe, cls):  # e.g. a saved TI2V text pipeline used with --image
         pipe = cls(**pipe.components)
     return pipe
@@ -79,7 +85,8 @@ def run(args) -> int:
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     if prompts is not None and args.device is None:
         device = _partial_state().device  # this process's device under `accelerate launch`
-    pipe = load_task_pipeline(args.model, task, args.image is not None, DTYPES[args.dtype])
+    extra = {"use_relighting_lora": True} if args.use_relighting_lora else {}
+    pipe = load_task_pipeline(args.model, task, args.image is not None, DTYPES[args.dtype], **extra)
     set_scheduler(pipe, args.sample_solver, args.sample_shift)
     load_loras(pipe, loras)
     place_pipeline(pipe, args, device)
@@ -87,6 +94,8 @@ def run(args) -> int:
     output = args.output or f"wan22_{time.strftime('%Y%m%d_%H%M%S')}.mp4"
     if task == "s2v-14B":
         return generate_s2v(pipe, args, generator, output)
+    if task == "animate-14B":
+        return generate_animate(pipe, args, generator, output)
     kwargs = call_kwargs(args)
     if prompts is not None:
         return generate_prompts(pipe, prompts, args.output_dir, args.base_seed, negative_prompt=args.negative_prompt,
@@ -122,6 +131,20 @@ def generate_s2v(pipe, args, generator, output) -> int:
                pose_video=None if args.pose_video is None else str(args.pose_video))
     path = save_video(out.frames[0], output, fps=out.fps, audio=out.audio, sampling_rate=out.sampling_rate)
     print(f"Wrote {path} ({out.num_clips} clips, {out.frames.shape[1]} frames, audio muxed)")
+    return 0
+
+
+def generate_animate(pipe, args, generator, output) -> int:
+    """Animate-14B from the official preprocessing folder (official flags: ``--replace_flag``, ``--refert_num``,
+    ``--frame_num`` = frames per clip); the video takes the pose video's size and length."""
+    guide = args.sample_guide_scale
+    out = pipe(**source_folder_files(args.src_root_path, args.replace_flag),
+               mode="replace" if args.replace_flag else "animate", prompt=args.prompt,
+               negative_prompt=args.negative_prompt, segment_frame_length=args.frame_num,
+               prev_segment_conditioning_frames=args.refert_num or 1, num_inference_steps=args.sample_steps,
+               guidance_scale=guide[0] if guide else None, generator=generator)
+    path = save_video(out.frames[0], output, fps=out.fps)
+    print(f"Wrote {path} ({out.num_clips} clips, {len(out.frames[0])} frames)")
     return 0
 
 

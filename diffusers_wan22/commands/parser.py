@@ -24,6 +24,8 @@ EPILOG = """examples:
   wan22 generate --model ./Wan2.2-I2V-A14B --image cat.jpg --prompt "A white cat surfing."
   wan22 generate --model ./Wan2.2-TI2V-5B --prompt "A red car at sunset." [--image car.jpg]
   wan22 generate --model ./Wan2.2-S2V-14B --image face.png --audio speech.wav --prompt "A woman is singing."
+  wan22 generate --model ./Wan2.2-Animate-14B --src_root_path ./process_results [--replace_flag
+        --use_relighting_lora] [--refert_num 5]   # the official preprocessing's output folder
   wan22 generate --model ./Wan2.2-T2V-A14B --prompt "..." --lora hi.safetensors@high --lora lo.safetensors@low
         --expert-steps 2 2 --sample_guide_scale 1   # the two-file 4-step LoRAs: 2 + 2 steps, no CFG
   wan22 generate --model tiny --task s2v-14B --image face.png --audio speech.wav --prompt "x"   # no weights needed
@@ -86,7 +88,7 @@ def build_parser() -> argparse.ArgumentParser:
     gen = sub.add_parser("generate", help="generate a video from a model folder (official or diffusers-format)")
     gen.add_argument("--model", required=True,
                      help="official checkpoint folder, a saved Wan22Pipeline folder, or 'tiny' (random demo weights)")
-    which = gen.add_mutually_exclusive_group(required=True)
+    which = gen.add_mutually_exclusive_group()  # one is required, except for animate-14B (official default prompt)
     which.add_argument("--prompt")
     which.add_argument("--prompts", type=Path, default=None,
                        help="text file, one prompt per line: writes <output_dir>/<index>.mp4 with seed "
@@ -94,7 +96,8 @@ def build_parser() -> argparse.ArgumentParser:
                             "across the processes")
     gen.add_argument("--negative_prompt", default=None, help="default: the official negative prompt")
     gen.add_argument("--size", type=_parse_size, default=None, help="W*H, e.g. 1280*720 (default: the variant's)")
-    gen.add_argument("--frame_num", type=_positive_int, default=None, help="4k+1 frames (default: the variant's)")
+    gen.add_argument("--frame_num", type=_positive_int, default=None,
+                     help="4k+1 frames (default: the variant's); animate-14B: frames per clip (default: 77)")
     gen.add_argument("--sample_steps", type=_positive_int, default=None)
     gen.add_argument("--sample_shift", type=float, default=None)
     gen.add_argument("--sample_solver", choices=SOLVERS, default="unipc")
@@ -111,6 +114,14 @@ def build_parser() -> argparse.ArgumentParser:
                      help="s2v-14B: clips to generate (default: as many as the audio needs)")
     gen.add_argument("--infer_frames", type=_positive_int, default=None,
                      help="s2v-14B: frames per clip, a multiple of 4 (default: 80)")
+    gen.add_argument("--src_root_path", type=Path, default=None,
+                     help="animate-14B: the official preprocessing output (src_ref.png, src_pose.mp4, src_face.mp4 "
+                          "[, src_bg.mp4, src_mask.mp4])")
+    gen.add_argument("--refert_num", type=int, default=None,
+                     help="animate-14B: frames each clip takes from the previous one, 1 or 5 (default: 1)")
+    gen.add_argument("--replace_flag", action="store_true", help="animate-14B: replace the person (needs src_bg/mask)")
+    gen.add_argument("--use_relighting_lora", action="store_true",
+                     help="animate-14B: apply relighting_lora.ckpt (the official setting for --replace_flag)")
     gen.add_argument("--lora", action="append", default=[], metavar="PATH[:SCALE][@EXPERT]",
                      help="LoRA safetensors; EXPERT is high, low or both (default both); repeatable")
     gen.add_argument("--expert-steps", dest="expert_steps", type=int, nargs=2, default=None, metavar=("HIGH", "LOW"),

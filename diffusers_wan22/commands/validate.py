@@ -5,8 +5,12 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from ..core.animate import REFERENCE_FRAME_CHOICES, source_folder_files
 from ..core.folders import detect_official_variant, detect_saved_task
 from ..core.names import EXPERT_CHOICES, MODEL_INDEX
+
+ANIMATE_FLAGS = ("src_root_path", "refert_num", "replace_flag", "use_relighting_lora")
+NOT_FOR_ANIMATE = ("image", "audio", "pose_video", "num_clip", "infer_frames", "prompts", "size", "expert_steps")
 
 
 class CliError(Exception):
@@ -16,7 +20,10 @@ class CliError(Exception):
 def resolve_task(model: str, task: str | None) -> str:
     """The task of ``--model``: official folders and saved pipelines say it; ``tiny`` takes ``--task``."""
     if model == "tiny" or model.startswith("tiny:"):
-        return task or model.partition(":")[2] or "t2v-A14B"
+        task = task or model.partition(":")[2] or "t2v-A14B"
+        if task == "animate-14B":
+            raise CliError("animate-14B has no tiny demo model; pass --model with an official Animate folder")
+        return task
     path = Path(model)
     if not path.is_dir():
         raise CliError(f"--model {model!r} is not a folder (download the checkpoint first) nor 'tiny'")
@@ -31,8 +38,31 @@ def resolve_task(model: str, task: str | None) -> str:
     return found
 
 
+def check_animate_inputs(args) -> None:
+    """animate-14B: the preprocessing folder with every file the mode needs, official flag values."""
+    if args.src_root_path is None:
+        raise CliError("--task animate-14B needs --src_root_path (the official preprocessing output folder)")
+    for flag in NOT_FOR_ANIMATE:
+        if getattr(args, flag) is not None:
+            raise CliError(f"--{flag} is not used by animate-14B (its inputs are in --src_root_path; the video takes "
+                           "the pose video's size)")
+    if args.refert_num is not None and args.refert_num not in REFERENCE_FRAME_CHOICES:
+        raise CliError(f"--refert_num must be 1 or 5; got {args.refert_num}")
+    try:
+        source_folder_files(args.src_root_path, args.replace_flag)
+    except FileNotFoundError as e:
+        raise CliError(str(e)) from None
+
+
 def check_task_inputs(task: str, args) -> None:
     """Which inputs each task needs, checked before any model is loaded."""
+    if task == "animate-14B":
+        return check_animate_inputs(args)
+    used = [flag for flag in ANIMATE_FLAGS if getattr(args, flag) not in (None, False)]
+    if used:
+        raise CliError(f"--{used[0]} is for animate-14B only (this is {task})")
+    if args.prompt is None and args.prompts is None:
+        raise CliError("one of the arguments --prompt --prompts is required")
     needs_image = task in ("i2v-A14B", "s2v-14B")
     if needs_image and args.image is None:
         raise CliError(f"--task {task} needs --image")

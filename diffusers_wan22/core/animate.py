@@ -15,8 +15,10 @@ loader (`loaders/animate.py`) and the shape checks made before any read apply on
 from __future__ import annotations
 
 import math
+import os
 import re
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Mapping
 
 from .official_keys import official_dit_key_to_diffusers
@@ -34,6 +36,24 @@ SOURCE_FILES = {"image": "src_ref.png", "pose_video": "src_pose.mp4", "face_vide
 REPLACE_ONLY = ("background_video", "mask_video")
 MODES = ("animate", "replace")
 REFERENCE_FRAME_CHOICES = (1, 5)  # official `refert_num`: "1 or 5"
+
+
+def source_folder_files(src_root_path: str | os.PathLike, replace: bool) -> dict[str, Path]:
+    """The input files of an official preprocessing output folder (``--src_root_path``): argument name -> path,
+    all checked present (``FileNotFoundError`` naming the missing ones)."""
+    root = Path(src_root_path)
+    if not root.is_dir():
+        raise FileNotFoundError(f"`src_root_path` {str(root)!r} is not a folder (the output of the official "
+                                "Animate preprocessing).")
+    names = [k for k in SOURCE_FILES if replace or k not in REPLACE_ONLY]
+    missing = [SOURCE_FILES[k] for k in names if not (root / SOURCE_FILES[k]).is_file()]
+    if missing:
+        mode = "replacement" if replace else "animation"
+        raise FileNotFoundError(f"`src_root_path` {str(root)!r} lacks {missing}; {mode} needs "
+                                f"{[SOURCE_FILES[k] for k in names]}.")
+    return {k: root / SOURCE_FILES[k] for k in names}
+
+
 # Official constants the checkpoint does not record: the open-clip ViT-H/14 has 16 heads and LayerNorm eps 1e-5;
 # the DiT injects face tokens after every 5th block and encodes face frames 8 at a time.
 CLIP_VISION_HEADS = 16

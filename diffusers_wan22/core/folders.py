@@ -7,11 +7,13 @@ import json
 import os
 from pathlib import Path
 
+from .animate import ANIMATE_DIT_CLASS
 from .names import EXPERT_DIRS, HIGH, MODEL_INDEX, OFFICIAL_DIT_CHANNELS, WAV2VEC_DIR
 
 # model_index.json `_class_name` -> task, for saved pipelines whose class says it
 PIPELINE_TASKS = {"Wan22ImageToVideoPipeline": "i2v-A14B", "Wan22SpeechToVideoPipeline": "s2v-14B",
-                  "WanImageToVideoPipeline": "i2v-A14B"}
+                  "WanImageToVideoPipeline": "i2v-A14B", "Wan22AnimatePipeline": "animate-14B",
+                  "WanAnimatePipeline": "animate-14B"}
 
 
 def read_json_object(path: str | os.PathLike) -> dict:
@@ -29,10 +31,12 @@ def read_json_object(path: str | os.PathLike) -> dict:
 
 
 def detect_official_variant(ckpt_dir: str | os.PathLike) -> str:
-    """The official task name (``t2v-A14B``, ``i2v-A14B``, ``ti2v-5B``, ``s2v-14B``) of an official folder.
+    """The official task name (``t2v-A14B``, ``i2v-A14B``, ``ti2v-5B``, ``s2v-14B``, ``animate-14B``) of an
+    official folder.
 
     Decided from what is on disk: expert sub-folders and their ``in_dim`` (16 text, 36 image), a root DiT with
-    ``model_type`` (``ti2v``/``s2v``). Raises a ValueError saying what was found when nothing matches.
+    ``model_type`` (``ti2v``/``s2v``) or the Animate DiT class. Raises a ValueError saying what was found when
+    nothing matches.
     """
     root = Path(ckpt_dir)
     if not root.is_dir():
@@ -47,6 +51,8 @@ def detect_official_variant(ckpt_dir: str | os.PathLike) -> str:
     root_cfg = root / "config.json"
     if root_cfg.exists():
         cfg = read_json_object(root_cfg)
+        if cfg.get("_class_name") == ANIMATE_DIT_CLASS:
+            return "animate-14B"
         if cfg.get("model_type") == "s2v" or (root / WAV2VEC_DIR).is_dir():
             return "s2v-14B"
         if cfg.get("model_type") == "ti2v" or cfg.get("in_dim") == 48:

@@ -32,7 +32,7 @@ LAZY_KWARGS = ("prefetch_steps", "prefetch_bytes")
 # The pipeline class that runs each official variant (named in errors; the classes live in `pipelines/`).
 VARIANT_PIPELINES = {"t2v-A14B": "Wan22Pipeline", "i2v-A14B": "Wan22ImageToVideoPipeline",
                      "ti2v-5B": "Wan22Pipeline or Wan22ImageToVideoPipeline",
-                     "s2v-14B": "Wan22SpeechToVideoPipeline"}
+                     "s2v-14B": "Wan22SpeechToVideoPipeline", "animate-14B": "Wan22AnimatePipeline"}
 
 
 def resolve_pipeline_folder(name_or_path: str | os.PathLike, kwargs: dict) -> tuple[Path, dict]:

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Sequence
 
 import imageio.v2 as imageio
@@ -25,26 +24,10 @@ import numpy as np
 import PIL.Image
 import torch
 
-from ..core.animate import MODES, REFERENCE_FRAME_CHOICES, REPLACE_ONLY, SOURCE_FILES
+from ..core.animate import MODES, REFERENCE_FRAME_CHOICES
 from .image import to_pil
 
 SIZE_MULTIPLE = 16  # VAE stride 8 x patch 2
-
-
-# ------------------------------------------------------------------------------------------------ source folder
-def source_folder_inputs(src_root_path: str | os.PathLike, replace: bool) -> dict[str, Path]:
-    """The input files of an official preprocessing output folder (``--src_root_path``), all checked present."""
-    root = Path(src_root_path)
-    if not root.is_dir():
-        raise FileNotFoundError(f"`src_root_path` {str(root)!r} is not a folder (the output of the official "
-                                "Animate preprocessing).")
-    names = [k for k in SOURCE_FILES if replace or k not in REPLACE_ONLY]
-    missing = [SOURCE_FILES[k] for k in names if not (root / SOURCE_FILES[k]).is_file()]
-    if missing:
-        mode = "replacement" if replace else "animation"
-        raise FileNotFoundError(f"`src_root_path` {str(root)!r} lacks {missing}; {mode} needs "
-                                f"{[SOURCE_FILES[k] for k in names]}.")
-    return {k: root / SOURCE_FILES[k] for k in names}
 
 
 # ------------------------------------------------------------------------------------------------ reading
