@@ -35,7 +35,7 @@ _EXPORTS: dict[str, str] = {
     **dict.fromkeys(["detect_official_variant", "detect_saved_task"], "core.folders"),
     **dict.fromkeys(["load_official_transformer", "load_official_t5", "load_official_vae", "load_official_tokenizer",
                      "load_official_audio_stack"], "loaders.official_models"),
-    **dict.fromkeys(["load_official_animate_components"], "loaders.animate"),
+    **dict.fromkeys(["load_official_animate_components", "load_relighting_lora"], "loaders.animate"),
     **dict.fromkeys(["convert_checkpoint", "ConversionReport"], "loaders.conversion"),
     **dict.fromkeys(["describe_folder"], "loaders.folder_info"),
     **dict.fromkeys(["SafetensorsExpertSource", "sources_from_folder", "official_expert_sources"],

@@ -502,3 +502,22 @@ def test_cli_animate_flags_elsewhere_are_refused(capsys, args, message):
     code = main(["generate", *args])
     err = capsys.readouterr().err
     assert code == 2 and message in err and err.count("\n") == 1, err
+
+
+# ------------------------------------------------------------------------------------------------ conversion
+@pytest.mark.parametrize("layout, pipeline_class", [("wan22", "Wan22AnimatePipeline"),
+                                                    ("diffusers", "WanAnimatePipeline")])
+def test_convert_both_layouts(official_pipe, tmp_path, layout, pipeline_class):
+    """`wan22 convert` streams the split / squeezed tensors; DiffusionPipeline.from_pretrained loads ours or stock
+    diffusers' pipeline with the very tensors `from_official` builds."""
+    from diffusers_wan22 import convert_checkpoint
+
+    report = convert_checkpoint(FIXTURE, tmp_path / layout, layout=layout, progress=False, verify=layout == "wan22")
+    assert report.variant == "animate-14B" and report.verified == (layout == "wan22")
+    pipe = DiffusionPipeline.from_pretrained(tmp_path / layout)
+    assert type(pipe).__name__ == pipeline_class
+    for name in ("transformer", "image_encoder"):
+        ours, theirs = getattr(pipe, name).state_dict(), getattr(official_pipe, name).state_dict()
+        assert ours.keys() == theirs.keys()
+        assert all(torch.equal(ours[k], theirs[k]) for k in ours), name
+    assert "Wan2.2-Animate-14B" in (tmp_path / layout / "README.md").read_text()

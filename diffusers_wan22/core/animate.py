@@ -73,6 +73,18 @@ class TensorPart:
     chunks: int = 1
     squeeze: tuple[int, ...] = ()
 
+    @property
+    def is_whole(self) -> bool:
+        """The official tensor as is (only renamed)."""
+        return self.chunks == 1 and not self.squeeze
+
+    def take(self, tensor):
+        """This part of ``tensor`` (a torch tensor; called, not imported: the core layer stays torch-free). A cut
+        part is a copy: parameters sharing one storage could not be saved with safetensors."""
+        if self.chunks > 1:
+            tensor = tensor.chunk(self.chunks, dim=0)[self.chunk].clone()
+        return tensor.squeeze(self.squeeze) if self.squeeze else tensor
+
     def shape(self, shape: tuple[int, ...]) -> tuple[int, ...]:
         """The shape of this part of a tensor of ``shape`` (``ValueError`` when the tensor cannot be cut so)."""
         shape = tuple(shape)

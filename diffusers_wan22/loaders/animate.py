@@ -53,14 +53,6 @@ from .official_models import load_official_t5, load_official_tokenizer, load_off
 
 
 # ------------------------------------------------------------------------------------------------ tensor parts
-def take_part(tensor: torch.Tensor, part: TensorPart) -> torch.Tensor:
-    """The diffusers tensor ``part`` describes, cut from the official ``tensor``."""
-    if part.chunks > 1:
-        # A copy, not a view: parameters sharing one storage could not be saved with safetensors.
-        tensor = tensor.chunk(part.chunks, dim=0)[part.chunk].clone()
-    return tensor.squeeze(part.squeeze) if part.squeeze else tensor
-
-
 def mapped_shapes(files: Mapping[str, tuple[Path, tuple[int, ...]]], key_map: Callable[[str], Iterable[TensorPart]]
                   ) -> dict[str, tuple[tuple[int, ...], str]]:
     """diffusers key -> (shape, where) for every official tensor ``files`` lists (key -> (file, shape)), read from
@@ -79,7 +71,7 @@ def _assign(model: torch.nn.Module, items: Iterable[tuple[str, torch.Tensor]], k
     state = {}
     for key, tensor in items:
         for part in key_map(key):
-            value = take_part(tensor, part)
+            value = part.take(tensor)
             state[part.key] = value.to(dtype) if dtype is not None and value.is_floating_point() else value
     model.load_state_dict(state, strict=True, assign=True)
 

@@ -12,7 +12,10 @@
 
 Layouts: ``"wan22"`` is our pipeline folder (`DiffusionPipeline.from_pretrained` after `import diffusers_wan22`);
 ``"diffusers"`` is the stock layout (`transformer/` + `transformer_2/`, `boundary_ratio` in `model_index.json`)
-that stock `diffusers.WanPipeline` / `WanImageToVideoPipeline` load, with the official `flow_shift`.
+that stock `diffusers.WanPipeline` / `WanImageToVideoPipeline` load, with the official `flow_shift`. Animate-14B:
+``"wan22"`` is `Wan22AnimatePipeline`'s folder, ``"diffusers"`` stock `WanAnimatePipeline`'s (plus a CLIP image
+processor); its few tensors that change form (split K|V / Q|K|V, squeezed biases) are cut by `core/animate.py`'s
+`TensorPart`s while streaming, and any face-crop size converts.
 """
 
 from __future__ import annotations
@@ -31,12 +34,21 @@ from typing import Callable, Iterable, Iterator
 import diffusers
 import torch
 from accelerate import init_empty_weights
-from diffusers import AutoencoderKLWan, WanTransformer3DModel
+from diffusers import AutoencoderKLWan, WanAnimateTransformer3DModel, WanTransformer3DModel
 from safetensors import safe_open
 from tqdm.auto import tqdm
-from transformers import AutoTokenizer, UMT5EncoderModel
+from transformers import AutoTokenizer, CLIPImageProcessor, CLIPVisionConfig, CLIPVisionModel, UMT5EncoderModel
 
 from ..core import official_keys as official
+from ..core.animate import (
+    ANIMATE_CLIP_FILE,
+    BLUR_KERNEL_KEY,
+    TensorPart,
+    animate_config_from_official,
+    clip_vision_config_from_official,
+    official_animate_key_to_diffusers,
+    official_clip_key_to_transformers,
+)
 from ..core.names import (
     DIFFUSERS_WEIGHTS,
     EXPERT_ATTRS,
@@ -51,6 +63,7 @@ from ..core.names import (
 from ..core.variants import get_variant
 from ..models.transformer_wan_moe import WanMoETransformer3DModel
 from ..schedulers.official import official_scheduler
+from .animate import check_blur_kernels, check_official_animate_folder
 from .checks import check_official_folder, check_tensors_fit_model, read_official_dit_config
 from .file_io import SAFETENSORS_DTYPES, load_pth_weights_only, shard_files
 from ..core.folders import detect_official_variant
@@ -68,6 +81,7 @@ class TensorRef:
     file: Path
     key: str
     out_key: str
+    part: TensorPart | None = None  # a cut of the source tensor (Animate: split K|V / Q|K|V, squeezed biases)
 
 
 _HEADER_DTYPES = {v: k for k, v in SAFETENSORS_DTYPES.items()}  # torch dtype -> header name, for writing
@@ -99,8 +113,12 @@ class TensorReader:
     def keys(self, path: Path) -> list[str]:
         return list(self._index(path))
 
-    def shape(self, ref: TensorRef) -> tuple[int, ...]:
+    def source_shape(self, ref: TensorRef) -> tuple[int, ...]:
         return self._index(ref.file)[ref.key][0]
+
+    def shape(self, ref: TensorRef) -> tuple[int, ...]:
+        shape = self.source_shape(ref)
+        return shape if ref.part is None else ref.part.shape(shape)
 
     def dtype(self, ref: TensorRef) -> torch.dtype:
         return self._index(ref.file)[ref.key][1]
@@ -108,8 +126,10 @@ class TensorReader:
     def get(self, ref: TensorRef) -> torch.Tensor:
         if ref.file.suffix == ".safetensors":
             with safe_open(str(ref.file), framework="pt") as f:
-                return f.get_tensor(ref.key)
-        return load_pth_weights_only(ref.file)[ref.key].clone()  # the copy lets the file's mapping go
+                tensor = f.get_tensor(ref.key)
+        else:
+            tensor = load_pth_weights_only(ref.file)[ref.key].clone()  # the copy lets the file's mapping go
+        return tensor if ref.part is None else ref.part.take(tensor)
 
 
 def _safetensors_files(folder: Path) -> list[Path]:
@@ -211,19 +231,24 @@ class ComponentPlan:
     model_source: str = ""  # where the model's configuration comes from, for error messages
 
 
-def _mapped_refs(reader: TensorReader, files: Iterable[Path], map_key: Callable[[str], str], prefix: str = ""):
+def _mapped_refs(reader: TensorReader, files: Iterable[Path], map_key: Callable[[str], str | tuple[TensorPart, ...]],
+                 prefix: str = ""):
+    """The refs of every tensor of ``files``; ``map_key`` gives the new name, or the parts (Animate) it becomes."""
     refs = []
     for f in files:
         for key in reader.keys(f):
             try:
-                refs.append(TensorRef(f, key, prefix + map_key(key)))
+                mapped = map_key(key)
             except KeyError as e:
                 raise ValueError(f"{f}: tensor {key!r} has no diffusers counterpart ({e}).") from None
+            parts = (TensorPart(mapped),) if isinstance(mapped, str) else mapped
+            refs += [TensorRef(f, key, prefix + p.key, None if p.is_whole else p) for p in parts]
     return refs
 
 
 def _shapes(reader: TensorReader, refs: list[TensorRef]) -> dict[str, tuple[int, ...]]:
-    return {r.key: reader.shape(r) for r in refs}
+    """Official key -> official shape (what the configs are inferred from)."""
+    return {r.key: reader.source_shape(r) for r in refs}
 
 
 def _meta_model(model_cls, config) -> Callable[[], torch.nn.Module]:
@@ -256,7 +281,9 @@ def plan_conversion(src: Path, variant: str, layout: str, reader: TensorReader) 
     plans: list[ComponentPlan] = []
 
     # Transformer(s)
-    if defaults.boundary_ratio is not None:
+    if variant == "animate-14B":
+        plans += _animate_plans(src, reader)
+    elif defaults.boundary_ratio is not None:
         expert_dirs = [src / EXPERT_DIRS[k] for k in EXPERTS]
         expert_refs = [
             _mapped_refs(reader, _safetensors_files(d), official.official_dit_key_to_diffusers,
@@ -314,6 +341,40 @@ def plan_conversion(src: Path, variant: str, layout: str, reader: TensorReader) 
     return plans, _model_index(variant, layout)
 
 
+def _animate_plans(src: Path, reader: TensorReader) -> list[ComponentPlan]:
+    """Animate-14B: the DiT (its blur filters checked, not written) and the CLIP visual tower."""
+    check_official_animate_folder(src)
+    refs = _mapped_refs(reader, _safetensors_files(src), official_animate_key_to_diffusers)
+    kernels = [TensorRef(f, k, k) for f in _safetensors_files(src) for k in reader.keys(f)
+               if BLUR_KERNEL_KEY.fullmatch(k)]
+    check_blur_kernels({r.key: reader.get(r) for r in kernels}, str(src))
+    config = animate_config_from_official(read_official_dit_config(src / "config.json"),
+                                          {**_shapes(reader, refs), **_shapes(reader, kernels)})
+    clip_path = src / ANIMATE_CLIP_FILE
+    clip_refs = _mapped_refs(reader, [clip_path], official_clip_key_to_transformers)
+    clip_config = CLIPVisionConfig(**clip_vision_config_from_official(
+        {k: reader.source_shape(TensorRef(clip_path, k, k)) for k in reader.keys(clip_path)}))
+
+    def write_clip_config(folder: Path, config=clip_config) -> None:
+        config.architectures = ["CLIPVisionModel"]
+        config.save_pretrained(folder)
+
+    return [ComponentPlan("transformer", DIFFUSERS_WEIGHTS, refs, _config_writer(WanAnimateTransformer3DModel, config),
+                          _meta_model(WanAnimateTransformer3DModel, config),
+                          model_source=f"as configured by {src / 'config.json'}"),
+            ComponentPlan("image_encoder", TRANSFORMERS_WEIGHTS, clip_refs, write_clip_config,
+                          _meta_model(CLIPVisionModel, clip_config), model_source=f"as inferred from {clip_path}")]
+
+
+def _animate_model_index(index: dict, layout: str) -> dict:
+    """Ours (`Wan22AnimatePipeline`) or diffusers' `WanAnimatePipeline` (which also takes a CLIP image processor)."""
+    index = dict(index, image_encoder=["transformers", "CLIPVisionModel"],
+                 transformer=["diffusers", "WanAnimateTransformer3DModel"])
+    if layout == "wan22":
+        return {"_class_name": "Wan22AnimatePipeline", **index}
+    return {"_class_name": "WanAnimatePipeline", **index, "image_processor": ["transformers", "CLIPImageProcessor"]}
+
+
 def _model_index(variant: str, layout: str) -> dict:
     defaults = get_variant(variant)
     index = {
@@ -323,6 +384,8 @@ def _model_index(variant: str, layout: str) -> dict:
         "tokenizer": ["transformers", "T5Tokenizer"],
         "vae": ["diffusers", "AutoencoderKLWan"],
     }
+    if variant == "animate-14B":
+        return _animate_model_index(index, layout)
     if variant == "s2v-14B":
         return {"_class_name": "Wan22SpeechToVideoPipeline", **index,
                 "transformer": ["diffusers_wan22", "WanS2VTransformer3DModel"],
@@ -343,14 +406,37 @@ def _model_index(variant: str, layout: str) -> dict:
 
 
 # ------------------------------------------------------------------------------------------------ model card
+_ANIMATE_CARD_CALL = """# the official preprocessing's outputs (src_ref.png, src_pose.mp4, src_face.mp4 [, src_bg.mp4, src_mask.mp4])
+out = pipe(image="src/src_ref.png", pose_video="src/src_pose.mp4", face_video="src/src_face.mp4")
+# character replacement: mode="replace", background_video="src/src_bg.mp4", mask_video="src/src_mask.mp4"
+from diffusers.utils import export_to_video
+export_to_video(out.frames[0], "animate.mp4", fps=30)"""
+
+
+def _card_defaults(variant: str, guidance: str) -> str:
+    d = get_variant(variant)
+    if variant == "animate-14B":
+        return (f"{d.sample_steps} steps, flow shift {d.sample_shift}, {guidance} (classifier-free guidance only when "
+                f"> 1), clips of {d.num_frames} frames at {d.fps} fps; the video takes the pose video's size. Only "
+                "`Wan22AnimatePipeline` (diffusers-wan22) reproduces the official preprocessing and sigma grid; the "
+                "relighting LoRA of the official folder (`relighting_lora.ckpt`) is applied with "
+                "`diffusers_wan22.load_relighting_lora(pipe.transformer, path)`")
+    return (f"{d.sample_steps} steps, flow shift {d.sample_shift}, {guidance}\n(high-noise / low-noise expert), "
+            f"{d.num_frames} frames at {d.fps} fps, {d.width}x{d.height}")
+
+
 def model_card(variant: str, layout: str) -> str:
     """Hub model card (YAML front matter + usage) for a converted folder."""
     d = get_variant(variant)
     tag = {"t2v-A14B": "text-to-video", "i2v-A14B": "image-to-video", "ti2v-5B": "text-to-video",
-           "s2v-14B": "image-to-video"}[variant]
+           "s2v-14B": "image-to-video", "animate-14B": "image-to-video"}[variant]
     base = {"t2v-A14B": "Wan-AI/Wan2.2-T2V-A14B", "i2v-A14B": "Wan-AI/Wan2.2-I2V-A14B",
-            "ti2v-5B": "Wan-AI/Wan2.2-TI2V-5B", "s2v-14B": "Wan-AI/Wan2.2-S2V-14B"}[variant]
-    if layout == "wan22":
+            "ti2v-5B": "Wan-AI/Wan2.2-TI2V-5B", "s2v-14B": "Wan-AI/Wan2.2-S2V-14B",
+            "animate-14B": "Wan-AI/Wan2.2-Animate-14B"}[variant]
+    if variant == "animate-14B":  # stock WanAnimatePipeline loads the diffusers layout too, with its own numerics
+        load = ("from diffusers_wan22 import Wan22AnimatePipeline\n\n"
+                "pipe = Wan22AnimatePipeline.from_pretrained(\"<this folder or repo>\", torch_dtype=torch.bfloat16)")
+    elif layout == "wan22":
         load = ("import diffusers_wan22  # registers the Wan 2.2 pipelines with diffusers\n"
                 "from diffusers import DiffusionPipeline\n\n"
                 "pipe = DiffusionPipeline.from_pretrained(\"<this folder or repo>\", torch_dtype=torch.bfloat16)")
@@ -359,7 +445,9 @@ def model_card(variant: str, layout: str) -> str:
                 "pipe = DiffusionPipeline.from_pretrained(\"<this folder or repo>\", torch_dtype=torch.bfloat16)")
     guidance = (f"guidance_scale={d.guidance_scale}, guidance_scale_2={d.guidance_scale_2}"
                 if d.guidance_scale_2 is not None else f"guidance_scale={d.guidance_scale}")
-    if variant == "s2v-14B":
+    if variant == "animate-14B":
+        call = _ANIMATE_CARD_CALL
+    elif variant == "s2v-14B":
         call = ("out = pipe(image=PIL.Image.open(\"face.png\"), audio=\"speech.wav\", prompt=\"A woman is singing.\")\n"
                 "from diffusers_wan22 import save_video\n"
                 "save_video(out.frames[0], \"talk.mp4\", out.fps, audio=out.audio)  # audio muxed in")
@@ -380,8 +468,7 @@ tags:
 # Wan 2.2 {variant} ({layout} layout)
 
 Converted from the official `{base}` checkpoint with `wan22 convert` (diffusers-wan22). Sampling defaults of the
-official code: {d.sample_steps} steps, flow shift {d.sample_shift}, {guidance}
-(high-noise / low-noise expert), {d.num_frames} frames at {d.fps} fps, {d.width}x{d.height}.
+official code: {_card_defaults(variant, guidance)}.
 
 ```python
 import torch
@@ -512,9 +599,11 @@ def convert_checkpoint(
     """Convert an official Wan 2.2 folder ``src`` into a diffusers folder ``dst`` (see the module docstring).
 
     Args:
-        variant: ``"auto"`` (detect from the folder) or ``t2v-A14B`` / ``i2v-A14B`` / ``ti2v-5B``.
+        variant: ``"auto"`` (detect from the folder) or ``t2v-A14B`` / ``i2v-A14B`` / ``ti2v-5B`` / ``s2v-14B`` /
+            ``animate-14B``.
         dtype: ``"bf16"``, ``"fp16"``, ``"fp32"``, or ``None`` to keep each source tensor's dtype.
-        layout: ``"wan22"`` (our pipeline folder) or ``"diffusers"`` (stock `WanPipeline` layout).
+        layout: ``"wan22"`` (our pipeline folder) or ``"diffusers"`` (stock `WanPipeline` layout; for Animate the stock
+            `WanAnimatePipeline` layout, with a CLIP image processor).
         max_shard_size: largest output shard, e.g. ``"5GB"``.
         overwrite: replace an existing ``dst``.
         verify: re-read ``dst`` and compare every tensor with its source.
@@ -577,5 +666,7 @@ def _write_small_components(src: Path, root: Path, variant: str, layout: str, in
         audio = load_official_audio_stack(src)
         audio["audio_encoder"].save_pretrained(root / "audio_encoder")
         audio["audio_processor"].save_pretrained(root / "audio_processor")
+    if "image_processor" in index:  # stock WanAnimatePipeline: CLIPImageProcessor's defaults (224, OpenAI mean/std)
+        CLIPImageProcessor().save_pretrained(root / "image_processor")
     (root / MODEL_INDEX).write_text(json.dumps(index, indent=2))
     (root / "README.md").write_text(model_card(variant, layout))
