@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import shutil
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -521,3 +522,23 @@ def test_convert_both_layouts(official_pipe, tmp_path, layout, pipeline_class):
         assert ours.keys() == theirs.keys()
         assert all(torch.equal(ours[k], theirs[k]) for k in ours), name
     assert "Wan2.2-Animate-14B" in (tmp_path / layout / "README.md").read_text()
+
+
+# ------------------------------------------------------------------------------------------------ memory planner
+def test_planner_knows_animate(official_pipe, capsys):
+    """Built-in spec of the real model (the reference latent frame rides along each clip's 20 latent frames, the CLIP
+    tower counts) and a spec counted from a loaded pipeline; `wan22 plan --model animate-14B`."""
+    from diffusers_wan22 import SPECS, estimate_memory, spec_from_pipeline
+    from diffusers_wan22.cli import main
+
+    spec = SPECS["animate-14b"]
+    with_clip = estimate_memory(spec, 720, 1280, 77, mode="none")
+    assert with_clip.tokens == (20 + 1) * (720 // 16) * (1280 // 16)
+    without = estimate_memory(replace(spec, image_encoder_params=0), 720, 1280, 77, mode="none")
+    assert with_clip.host_gb - without.host_gb == pytest.approx(spec.image_encoder_params * 2 / 1e9)
+    counted = spec_from_pipeline(official_pipe)
+    assert counted.expert_params == sum(p.numel() for p in official_pipe.transformer.parameters())
+    assert counted.image_encoder_params == sum(p.numel() for p in official_pipe.image_encoder.parameters())
+    assert counted.context_token_frames == 1.0
+    assert main(["plan", "--model", "animate-14B", "--frame_num", "77"]) == 0
+    assert "group_offload" in capsys.readouterr().out

@@ -182,7 +182,8 @@ def add_convert_arguments(parser: argparse.ArgumentParser) -> None:
 
 def add_plan_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model", default="t2v-A14B",
-                        help="'t2v-A14B' / 'i2v-A14B' / 's2v-14B' (built-in sizes of the real models) or a folder "
+                        help="'t2v-A14B' / 'i2v-A14B' / 's2v-14B' / 'animate-14B' (built-in sizes of the real models; "
+                             "animate: --frame_num is frames per clip, e.g. 77) or a folder "
                              "saved by save_pretrained "
                              "(sizes counted on the meta device, no weights read)")
     parser.add_argument("--size", type=_parse_size, default=(1280, 720), help="W*H (default: 1280*720)")

@@ -15,8 +15,8 @@ def _plan_spec(model: str):
         return SPECS[model.lower()]
     config = Path(model) / "transformer" / "config.json"
     if not config.exists():
-        raise CliError(f"--model {model!r}: expected 't2v-A14B', 'i2v-A14B', 's2v-14B' or a saved pipeline folder with "
-                       "transformer/config.json")
+        raise CliError(f"--model {model!r}: expected 't2v-A14B', 'i2v-A14B', 's2v-14B', 'animate-14B' or a saved "
+                       "pipeline folder with transformer/config.json")
     cfg = read_json_object(config)
     return spec_from_config(cfg, moe=cfg.get("_class_name") == "WanMoETransformer3DModel")
 

@@ -99,6 +99,8 @@ class ModelSpec:
     # motion frame 1, the 2x and 4x groups 1/4 each); and wav2vec2, kept in float32.
     context_token_frames: float = 0.0
     audio_encoder_params: int = 0
+    # Animate: the CLIP visual tower (runs once per call, in the weight dtype).
+    image_encoder_params: int = 0
 
     @property
     def head_dim(self) -> int:
@@ -117,7 +119,12 @@ I2V_A14B = replace(A14B, expert_params=14_288_901_184)
 # wav2vec2-large-xlsr-53 (~315M parameters, approximate: not read from a checkpoint here).
 S2V_14B = replace(A14B, expert_params=16_295_755_609, num_experts=1, context_token_frames=2.5,
                   audio_encoder_params=315_000_000)
-SPECS = {"t2v-a14b": A14B, "a14b": A14B, "i2v-a14b": I2V_A14B, "s2v-14b": S2V_14B}
+# Animate-14B: one 17.27B transformer (I2V-style blocks with image cross-attention, 8 face adapters, motion and face
+# encoders; counted on meta from the official config), the reference latent frame riding along each clip's tokens,
+# and the open-clip ViT-H/14 visual tower (630.8M). Frames are per clip (77 by default).
+ANIMATE_14B = replace(A14B, expert_params=17_274_816_884, block_params=403_838_464, num_experts=1,
+                      context_token_frames=1.0, image_encoder_params=630_766_080)
+SPECS = {"t2v-a14b": A14B, "a14b": A14B, "i2v-a14b": I2V_A14B, "s2v-14b": S2V_14B, "animate-14b": ANIMATE_14B}
 
 # ---------------------------------------------------------------------------------------------------- precision
 # Bytes per stored parameter of the layers a policy covers (the whole expert for the cast policies). GGUF entries are
@@ -281,7 +288,8 @@ def estimate_memory(
                + max(_upcast_bytes(spec, p, scope, b) for p in policies))
     act_vae = batch * vae_decode_bytes(spec, height, width, num_frames, b, tiling)
     moe_resident = sum(experts)
-    A = spec.audio_encoder_params * 4  # wav2vec2 runs in float32 (official behaviour), its activations are small
+    # wav2vec2 runs in float32 (official behaviour), the CLIP visual tower in the weight dtype; activations small
+    A = spec.audio_encoder_params * 4 + spec.image_encoder_params * weight_bytes
     all_weights = T + moe_resident + V + A
 
     if mode == "none":

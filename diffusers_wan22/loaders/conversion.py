@@ -37,7 +37,7 @@ from accelerate import init_empty_weights
 from diffusers import AutoencoderKLWan, WanAnimateTransformer3DModel, WanTransformer3DModel
 from safetensors import safe_open
 from tqdm.auto import tqdm
-from transformers import AutoTokenizer, CLIPImageProcessor, CLIPVisionConfig, CLIPVisionModel, UMT5EncoderModel
+from transformers import AutoTokenizer, CLIPImageProcessorPil, CLIPVisionConfig, CLIPVisionModel, UMT5EncoderModel
 
 from ..core import official_keys as official
 from ..core.animate import (
@@ -667,6 +667,6 @@ def _write_small_components(src: Path, root: Path, variant: str, layout: str, in
         audio["audio_encoder"].save_pretrained(root / "audio_encoder")
         audio["audio_processor"].save_pretrained(root / "audio_processor")
     if "image_processor" in index:  # stock WanAnimatePipeline: CLIPImageProcessor's defaults (224, OpenAI mean/std)
-        CLIPImageProcessor().save_pretrained(root / "image_processor")
+        CLIPImageProcessorPil().save_pretrained(root / "image_processor")  # no torchvision needed
     (root / MODEL_INDEX).write_text(json.dumps(index, indent=2))
     (root / "README.md").write_text(model_card(variant, layout))

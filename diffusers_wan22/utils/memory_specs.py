@@ -62,4 +62,8 @@ def spec_from_config(transformer_config: dict, text_encoder_params: int = A14B.t
 
 
 def spec_from_pipeline(pipe) -> ModelSpec:
-    return spec_from_modules(pipe.transformer, pipe.text_encoder, pipe.vae)
+    spec = spec_from_modules(pipe.transformer, pipe.text_encoder, pipe.vae)
+    image_encoder = getattr(pipe, "image_encoder", None)
+    if image_encoder is not None:  # Animate: the CLIP tower; the reference latent frame rides along each clip
+        spec = replace(spec, image_encoder_params=_count(image_encoder), context_token_frames=1.0)
+    return spec
