@@ -288,8 +288,7 @@ def estimate_memory(
                + max(_upcast_bytes(spec, p, scope, b) for p in policies))
     act_vae = batch * vae_decode_bytes(spec, height, width, num_frames, b, tiling)
     moe_resident = sum(experts)
-    # wav2vec2 runs in float32 (official behaviour), the CLIP visual tower in the weight dtype; activations small
-    A = spec.audio_encoder_params * 4 + spec.image_encoder_params * weight_bytes
+    A = spec.audio_encoder_params * 4 + spec.image_encoder_params * weight_bytes  # wav2vec2 fp32 (official), CLIP not
     all_weights = T + moe_resident + V + A
 
     if mode == "none":
