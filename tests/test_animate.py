@@ -9,6 +9,7 @@ decoded videos 2e-3.
 
 from __future__ import annotations
 
+import functools
 import json
 import shutil
 from dataclasses import replace
@@ -26,7 +27,7 @@ from diffusers_wan22.loaders.animate import (
     load_official_animate_components, load_official_animate_transformer, load_relighting_lora, read_relighting_lora,
 )
 from diffusers_wan22.pipelines.pipeline_wan22_animate import plan_clips, reference_image_features
-from diffusers_wan22.utils.animate_inputs import check_clip_settings, load_animate_inputs, unit_range
+from diffusers_wan22.utils.animate_inputs import check_clip_settings, load_animate_inputs, read_video, unit_range
 
 FIXTURE = OFFICIAL / "animate_14b"
 RUNS = ("run_animate_unipc", "run_replace_lora_unipc", "run_animate_cfg2_dpmpp")
@@ -280,11 +281,22 @@ def test_generator_draws_the_official_noise(golden, official_pipe):
         assert torch.equal(noise[0], g[f"run_animate_unipc/noise_{k}"])
 
 
+SHORT_FRAMES = 4  # padded to one clip of 5 frames
+
+
+@functools.lru_cache(maxsize=1)
+def _short_inputs() -> dict:
+    """The first frames of the animation inputs, as frame lists (read once)."""
+    files = source_folder_files(FIXTURE / "inputs/animate", False)
+    return dict(image=files["image"], pose_video=list(read_video(files["pose_video"], "pose")[:SHORT_FRAMES]),
+                face_video=list(read_video(files["face_video"], "face")[:SHORT_FRAMES]))
+
+
 def _short_call(**overrides) -> dict:
-    """One clip of 9 frames (the 8 input frames padded), one step: cheap end-to-end calls."""
-    noise = torch.randn(1, 16, 4, 10, 8, generator=torch.Generator().manual_seed(3))
-    return dict(**source_folder_files(FIXTURE / "inputs/animate", False), segment_frame_length=9,
-                num_inference_steps=1, latents=[noise], output_type="latent") | overrides
+    """One clip of 5 frames (4 input frames padded), one step: cheap end-to-end calls."""
+    noise = torch.randn(1, 16, 3, 10, 8, generator=torch.Generator().manual_seed(3))
+    return dict(**_short_inputs(), segment_frame_length=5, num_inference_steps=1, latents=[noise],
+                output_type="latent") | overrides
 
 
 @pytest.fixture(scope="module")
@@ -370,9 +382,9 @@ PIPELINE_BAD = [
     (dict(segment_frame_length=9, prev_segment_conditioning_frames=5), ValueError, "fewer than the 5"),
     (dict(segment_frame_length=76), ValueError, "4k\\+1"),
     (dict(mode="replace"), ValueError, "background_video"),
-    (dict(latents=[torch.zeros(1, 16, 3, 10, 8)]), ValueError, r"latents\[0\]"),
-    (dict(latents=[torch.zeros(1, 16, 4, 10, 8)] * 2), ValueError, "needs 1 clips"),
-    (dict(latents=torch.zeros(1, 16, 4, 10, 8)), ValueError, "one initial-noise tensor per clip"),
+    (dict(latents=[torch.zeros(1, 16, 4, 10, 8)]), ValueError, r"latents\[0\]"),
+    (dict(latents=[torch.zeros(1, 16, 3, 10, 8)] * 2), ValueError, "needs 1 clips"),
+    (dict(latents=torch.zeros(1, 16, 3, 10, 8)), ValueError, "one initial-noise tensor per clip"),
     (dict(prompt=["a", "b"]), ValueError, "one string"),
     (dict(guidance_scale=float("nan")), ValueError, "guidance_scale"),
     (dict(num_inference_steps=0), ValueError, "num_inference_steps"),
@@ -454,26 +466,35 @@ def test_dit_of_another_face_size_loads(tmp_path):
 
 
 # ------------------------------------------------------------------------------------------------ command line
-def test_cli_reproduces_the_official_replacement_run(golden, tmp_path, monkeypatch, capsys):
-    """`wan22 generate` with the official flags (--replace_flag --use_relighting_lora --refert_num, --frame_num as the
-    clip length, --base_seed): the official run's video (the noise comes from the seeded generator), written as mp4."""
+def test_cli_runs_the_pipeline_with_the_official_flags(official_pipe, lora_transformer, tmp_path, monkeypatch,
+                                                        capsys):
+    """`wan22 generate` maps the official flags (--replace_flag --use_relighting_lora --refert_num, --frame_num as the
+    clip length, --sample_steps, --base_seed drawing the noise) onto the pipeline call: the same video, as an mp4."""
     from diffusers_wan22.cli import main
     from diffusers_wan22.commands import generate
 
-    meta, g = golden
-    kw = meta["runs"]["run_replace_lora_unipc"]["generate_kwargs"]
     written = []
     real_save = generate.save_video
     monkeypatch.setattr(generate, "save_video", lambda frames, *a, **k: written.append(frames) or real_save(
         frames, *a, **k))
-    out = tmp_path / "replace.mp4"
-    code = main(["generate", "--model", str(FIXTURE), "--src_root_path", str(FIXTURE / kw["src_root_path"]),
-                 "--replace_flag", "--use_relighting_lora", "--refert_num", str(kw["refert_num"]),
-                 "--frame_num", str(kw["clip_len"]), "--sample_steps", str(kw["sampling_steps"]),
-                 "--base_seed", str(kw["seed"]), "--dtype", "fp32", "--device", "cpu", "--output", str(out)])
-    assert code == 0 and out.is_file() and "2 clips, 8 frames" in capsys.readouterr().out
-    video = torch.from_numpy(written[0]).permute(3, 0, 1, 2) * 2 - 1  # [F, H, W, 3] in [0, 1] -> official layout
-    assert_close_rel(video, g["run_replace_lora_unipc/video"], rel=VIDEO_REL, what="CLI replacement video")
+    src, out = FIXTURE / "inputs/replace", tmp_path / "replace.mp4"
+    code = main(["generate", "--model", str(FIXTURE), "--src_root_path", str(src), "--replace_flag",
+                 "--use_relighting_lora", "--refert_num", "1", "--frame_num", "9", "--sample_steps", "1",
+                 "--base_seed", "7", "--dtype", "fp32", "--device", "cpu", "--output", str(out)])
+    assert code == 0 and out.is_file() and "1 clips, 8 frames" in capsys.readouterr().out
+    pipe = Wan22AnimatePipeline(**official_pipe.components | dict(transformer=lora_transformer))
+    expected = pipe(**source_folder_files(src, True), mode="replace", segment_frame_length=9,
+                    prev_segment_conditioning_frames=1, num_inference_steps=1,
+                    generator=torch.Generator("cpu").manual_seed(7)).frames[0]
+    np.testing.assert_array_equal(written[0], expected)
+
+
+def test_cli_info_names_the_animate_folder(capsys):
+    from diffusers_wan22.cli import main
+
+    assert main(["info", str(FIXTURE)]) == 0
+    out = capsys.readouterr().out
+    assert "official Wan 2.2 animate-14B checkpoint" in out and "image_encoder (CLIP .pth)" in out
 
 
 @pytest.mark.parametrize("args, message", [

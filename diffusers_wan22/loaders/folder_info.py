@@ -8,6 +8,7 @@ from pathlib import Path
 import torch
 from safetensors import safe_open
 
+from ..core.animate import ANIMATE_CLIP_FILE
 from ..core.names import EXPERT_DIRS, EXPERTS, MODEL_INDEX, T5_FILE, VAE_FILES, WAV2VEC_DIR
 from ..core.variants import get_variant
 from .file_io import SAFETENSORS_DTYPES, load_pth_weights_only, shard_files
@@ -52,6 +53,8 @@ def describe_folder(folder: str | os.PathLike) -> list[tuple[str, int, set[str]]
                         ("vae", [root / VAE_FILES[get_variant(variant).vae_version]])]
         if variant == "s2v-14B":
             parts.append(("audio_encoder", sorted((root / WAV2VEC_DIR).glob("*.safetensors"))))
+        if variant == "animate-14B":  # the whole open-clip file: Animate loads its visual tower only
+            parts.append(("image_encoder (CLIP .pth)", [root / ANIMATE_CLIP_FILE]))
     rows = []
     for name, files in parts:
         files = [f for f in files if f.exists()]
