@@ -59,8 +59,8 @@ _EXPORTS: dict[str, str] = {
     **dict.fromkeys(["HIGH", "LOW", "EXPERTS", "MEMORY_MODES", "PRECISION_POLICIES", "PRECISION_SCOPES"],
                     "core.names"),
     **dict.fromkeys(["estimate_memory", "estimate_all", "best_mode", "plan_table", "precision_fit_table",
-                     "MemoryEstimate", "ModelSpec", "POLICY_BYTES", "SPECS", "GB", "A14B", "I2V_A14B", "S2V_14B", "ANIMATE_14B",
-                     "expert_weight_bytes", "scoped_params"], "core.memory_planner"),
+                     "MemoryEstimate", "ModelSpec", "POLICY_BYTES", "SPECS", "GB", "A14B", "I2V_A14B", "S2V_14B",
+                     "ANIMATE_14B", "expert_weight_bytes", "scoped_params"], "core.memory_planner"),
 }
 # diffusers' loaders resolve a component's library (model_index.json: ["diffusers_wan22", "<Class>"]) and look for
 # these base-class names in it to pick the loading method.
