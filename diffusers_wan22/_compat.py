@@ -80,6 +80,11 @@ def set_offload_state(pipe: DiffusionPipeline, hooks: list, device: torch.device
         pipe._offload_gpu_id = gpu_id
 
 
+def offload_device(pipe: DiffusionPipeline) -> torch.device | str | None:
+    """The device of a previous `enable_model_cpu_offload` (``pipe._offload_device``), ``None`` if none."""
+    return getattr(pipe, "_offload_device", None)
+
+
 def offload_gpu_id(pipe: DiffusionPipeline, default: int = 0) -> int:
     """The accelerator index of a previous `enable_model_cpu_offload` (``pipe._offload_gpu_id``)."""
     return getattr(pipe, "_offload_gpu_id", default)
@@ -109,6 +114,12 @@ def peft_adapters_loaded(model: torch.nn.Module) -> bool:
 def set_peft_adapters_loaded(model: torch.nn.Module, loaded: bool) -> None:
     """Set the flag diffusers' `PeftAdapterMixin` keeps after adding adapters (``_hf_peft_config_loaded``)."""
     model._hf_peft_config_loaded = loaded
+
+
+def set_fused_lora_names(pipe: DiffusionPipeline, names: set[str]) -> None:
+    """Set what `LoraBaseMixin.fused_loras` / ``num_fused_loras`` report (``pipe._merged_adapters``, diffusers 0.42.1);
+    kept up to date by `fuse_lora` / `unfuse_lora`, which our per-expert `unfuse_lora` bypasses."""
+    pipe._merged_adapters = set(names)
 
 
 # ------------------------------------------------------------------------------------------ torch

@@ -47,7 +47,7 @@ def test_lora_into_one_expert_changes_only_that_expert(tiny_pipe):
     tiny_pipe.load_lora_weights(sd, adapter_name="style", expert="high")
     after = _outputs(tiny_pipe.transformer)
     assert _changed(after["high"], base["high"]) and not _changed(after["low"], base["low"])
-    assert tiny_pipe.get_list_adapters() == {"high_noise_expert": ["style"]}
+    assert tiny_pipe.get_list_adapters(by_expert=True) == {"high_noise_expert": ["style"]}
 
 
 def test_per_expert_strengths(tiny_pipe):
@@ -75,7 +75,7 @@ def test_two_file_distillation_loras_in_original_format(tiny_pipe, tmp_path):
         save_file(sd, tmp_path / f"lightning_{expert}.safetensors")
         tiny_pipe.load_lora_weights(str(tmp_path), weight_name=f"lightning_{expert}.safetensors",
                                     adapter_name=f"lightning_{expert}", expert=expert)
-    assert tiny_pipe.get_list_adapters() == {"high_noise_expert": ["lightning_high"],
+    assert tiny_pipe.get_list_adapters(by_expert=True) == {"high_noise_expert": ["lightning_high"],
                                              "low_noise_expert": ["lightning_low"]}
     out = _outputs(tiny_pipe.transformer)
     assert _changed(out["high"], base["high"]) and _changed(out["low"], base["low"])

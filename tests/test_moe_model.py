@@ -104,3 +104,17 @@ def test_save_and_load_as_one_sharded_component(moe, tmp_path):
 def test_repeated_blocks_cover_both_experts(moe):
     blocks = [m for m in moe.modules() if type(m).__name__ in moe._repeated_blocks]
     assert len(blocks) == 2 * moe.config.num_layers
+
+
+def test_config_lists_the_present_experts_and_builds_only_those(tmp_path):
+    low_only = WanMoETransformer3DModel.from_experts(None, _random_expert(2))
+    assert low_only.config.experts == ["low"] and low_only.loaded_experts == ["low"]
+    low_only.save_pretrained(tmp_path)
+    loaded = WanMoETransformer3DModel.from_pretrained(tmp_path, disable_mmap=True)
+    assert loaded.loaded_experts == ["low"] and loaded.high_noise_expert is None
+    assert all(torch.equal(a, b) for a, b in zip(loaded.state_dict().values(), low_only.state_dict().values()))
+    # configs written before the field existed (no "experts") build both experts
+    config = {k: v for k, v in dict(loaded.config).items() if k != "experts"}
+    assert WanMoETransformer3DModel.from_config(config).loaded_experts == ["high", "low"]
+    with pytest.raises(ValueError, match=r"`experts` must list 'high' and/or 'low'; got \['middle'\]"):
+        WanMoETransformer3DModel(**tiny_transformer_kwargs(), experts=["middle"])

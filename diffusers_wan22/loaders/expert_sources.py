@@ -95,12 +95,21 @@ class SafetensorsExpertSource:
                     yield (self.key_map(name) if self.key_map else name), f.get_tensor(key)
 
 
-def sources_from_folder(folder: str | os.PathLike) -> dict[str, SafetensorsExpertSource]:
-    """Expert sources of a folder written by `Wan22Pipeline.save_pretrained` (the pipeline or its ``transformer/``)."""
+def sources_from_folder(folder: str | os.PathLike, experts: tuple[str, ...] | list[str] = EXPERTS
+                        ) -> dict[str, SafetensorsExpertSource]:
+    """Expert sources of a folder written by `Wan22Pipeline.save_pretrained` (the pipeline or its ``transformer/``),
+    for the ``experts`` it holds (both, or the one of a model saved with one expert)."""
     folder = Path(folder)
     if (folder / "transformer").is_dir():
         folder = folder / "transformer"
-    return {name: SafetensorsExpertSource(folder, f"{attr}.") for name, attr in EXPERT_ATTRS.items()}
+    return {name: SafetensorsExpertSource(folder, f"{EXPERT_ATTRS[name]}.") for name in experts}
+
+
+def has_plain_safetensors(folder: str | os.PathLike) -> bool:
+    """True when a model folder holds ``diffusion_pytorch_model.safetensors`` (or its index) without a variant
+    suffix: what `SafetensorsExpertSource` reads (not ``.bin`` or ``.fp16.`` files)."""
+    folder = Path(folder)
+    return (folder / DIFFUSERS_WEIGHTS).exists() or (folder / f"{DIFFUSERS_WEIGHTS}.index.json").exists()
 
 
 def meta_moe_from_folder(folder: str | os.PathLike, torch_dtype: torch.dtype | None = None) -> WanMoETransformer3DModel:

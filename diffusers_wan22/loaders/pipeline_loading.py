@@ -23,7 +23,8 @@ from diffusers import DiffusionPipeline
 
 from ..core.names import MODEL_INDEX
 from ..models.transformer_wan_moe import WanMoETransformer3DModel
-from .expert_sources import meta_moe_from_folder, official_expert_sources, sources_from_folder
+from .expert_sources import (has_plain_safetensors, meta_moe_from_folder, official_expert_sources,
+                             sources_from_folder)
 from ..core.folders import detect_official_variant, read_json_object
 from .official import load_official_components
 
@@ -108,8 +109,10 @@ class Wan22LoadingMixin:
                 raise ValueError("`lazy_experts=True` builds the transformer itself; do not pass `transformer`.")
             kwargs["transformer"] = meta_moe_from_folder(folder / "transformer", kwargs.get("torch_dtype"))
         pipe = super().from_pretrained(folder, **kwargs)
-        is_moe = isinstance(getattr(pipe, "transformer", None), WanMoETransformer3DModel)
-        pipe.lazy_source = sources_from_folder(folder) if is_moe else None
+        moe = getattr(pipe, "transformer", None)
+        # the experts can be re-read lazily from plain safetensors only (not `.bin` / variant files)
+        readable = isinstance(moe, WanMoETransformer3DModel) and (lazy or has_plain_safetensors(folder / "transformer"))
+        pipe.lazy_source = sources_from_folder(folder, moe.loaded_experts) if readable else None
         if lazy:
             pipe.enable_lazy_experts(pipe.lazy_source, **lazy_kwargs)
         return pipe

@@ -8,18 +8,21 @@ loads (sharded safetensors), offloads and takes LoRA like any diffusers model.
 
 from __future__ import annotations
 
-from typing import Any
+import contextlib
+import copy
+import re
+from typing import Any, Iterator
 
 import torch
 from accelerate import init_empty_weights
 from diffusers import ModelMixin, WanTransformer3DModel  # noqa: F401  (ModelMixin must be a module-level name)
 from diffusers.configuration_utils import ConfigMixin, register_to_config
-from diffusers.loaders import PeftAdapterMixin
+from diffusers.loaders import PeftAdapterMixin, WanLoraLoaderMixin
 from diffusers.models.attention import AttentionMixin
 from diffusers.models.cache_utils import CacheMixin
 
-from .._compat import peft_adapters_loaded
-from ..core.names import EXPERT_ATTRS, HIGH, LOW
+from .._compat import set_peft_adapters_loaded
+from ..core.names import EXPERT_ATTRS, EXPERT_CHOICES, HIGH, LOW
 from ..core.variants import boundary_timestep
 from ..hooks.precision import (
     apply_stored_precision,
@@ -42,6 +45,8 @@ class WanMoETransformer3DModel(ModelMixin, ConfigMixin, PeftAdapterMixin, CacheM
         num_train_timesteps (`int`): the training timestep count the boundary is scaled by (1000).
         expert_precision (`dict`, *optional*): per-expert precision records written by `set_expert_precision`
             (``{"high": {"policy": "fp8", "scope": "ffn", ...}, "low": None}``); `from_pretrained` re-applies them.
+        experts (`list[str]`, *optional*): the experts this model holds (``["low"]`` for a model saved from
+            ``from_experts(None, low)``); ``None`` (configs written before this field existed too) means both.
         Other arguments: see `diffusers.WanTransformer3DModel`.
     """
 
@@ -76,10 +81,13 @@ class WanMoETransformer3DModel(ModelMixin, ConfigMixin, PeftAdapterMixin, CacheM
         boundary_ratio: float = 0.875,
         num_train_timesteps: int = 1000,
         expert_precision: dict | None = None,
+        experts: list[str] | None = None,
     ) -> None:
         super().__init__()
         if not 0.0 <= boundary_ratio <= 1.0:
             raise ValueError(f"`boundary_ratio` must be in [0, 1], got {boundary_ratio}.")
+        if experts is not None and (not experts or set(experts) - set(EXPERT_ATTRS)):
+            raise ValueError(f"`experts` must list 'high' and/or 'low'; got {experts!r}.")
         expert_kwargs = dict(
             patch_size=patch_size, num_attention_heads=num_attention_heads, attention_head_dim=attention_head_dim,
             in_channels=in_channels, out_channels=out_channels, text_dim=text_dim, freq_dim=freq_dim,
@@ -87,8 +95,8 @@ class WanMoETransformer3DModel(ModelMixin, ConfigMixin, PeftAdapterMixin, CacheM
             image_dim=image_dim, added_kv_proj_dim=added_kv_proj_dim, rope_max_seq_len=rope_max_seq_len,
             pos_embed_seq_len=pos_embed_seq_len,
         )
-        self.high_noise_expert = WanTransformer3DModel(**expert_kwargs)
-        self.low_noise_expert = WanTransformer3DModel(**expert_kwargs)
+        for name, attr in EXPERT_ATTRS.items():  # a model saved with one expert is rebuilt with that one only
+            setattr(self, attr, WanTransformer3DModel(**expert_kwargs) if experts is None or name in experts else None)
         if expert_precision:  # saved per-expert precision: build the experts in their stored dtypes (+ fp8 hooks)
             apply_stored_precision(self, restorable_only=True)
 
@@ -114,8 +122,10 @@ class WanMoETransformer3DModel(ModelMixin, ConfigMixin, PeftAdapterMixin, CacheM
             diff = {k: (high_cfg.get(k), low_cfg.get(k)) for k in high_cfg.keys() | low_cfg.keys()
                     if high_cfg.get(k) != low_cfg.get(k)}
             raise ValueError(f"The two experts must share one configuration; they differ in (high, low): {diff}.")
+        present = [name for name, e in ((HIGH, high_noise_expert), (LOW, low_noise_expert)) if e is not None]
         with init_empty_weights():  # the placeholder experts built here are replaced right away
-            model = cls(**high_cfg, boundary_ratio=boundary_ratio, num_train_timesteps=num_train_timesteps)
+            model = cls(**high_cfg, boundary_ratio=boundary_ratio, num_train_timesteps=num_train_timesteps,
+                        experts=None if len(present) == 2 else present)
         model.high_noise_expert = high_noise_expert
         model.low_noise_expert = low_noise_expert
         records = {name: getattr(e, "_wan22_precision", None) for name, e in
@@ -144,6 +154,7 @@ class WanMoETransformer3DModel(ModelMixin, ConfigMixin, PeftAdapterMixin, CacheM
         ``variant`` / ``safe_serialization`` / ``max_shard_size`` on); refuses experts whose weights diffusers cannot
         write (torchao, GGUF) before anything is written."""
         check_serializable(self)
+        self._record_present_experts()
         super().save_pretrained(save_directory, is_main_process=is_main_process, save_function=save_function,
                                 safe_serialization=safe_serialization, variant=variant, max_shard_size=max_shard_size,
                                 push_to_hub=push_to_hub, use_flashpack=use_flashpack, **kwargs)
@@ -176,6 +187,7 @@ class WanMoETransformer3DModel(ModelMixin, ConfigMixin, PeftAdapterMixin, CacheM
         dtype = compute_dtype or (current.dtype if current is not None else torch.bfloat16)
         expert = load_gguf_expert(path, reference, dtype)
         setattr(self, EXPERT_ATTRS[name], expert)
+        self._record_present_experts()
         records = dict(self.config.get("expert_precision") or {})
         records[name] = expert._wan22_precision
         self.register_to_config(expert_precision=records)
@@ -206,6 +218,11 @@ class WanMoETransformer3DModel(ModelMixin, ConfigMixin, PeftAdapterMixin, CacheM
         if name not in EXPERT_ATTRS:
             raise ValueError(f"Unknown expert {name!r}; expected 'high' or 'low'.")
         return getattr(self, EXPERT_ATTRS[name])
+
+    def _record_present_experts(self) -> None:
+        # the config lists the present experts, so `from_pretrained` builds exactly those (None: both)
+        present = self.loaded_experts
+        self.register_to_config(experts=None if len(present) == len(EXPERT_ATTRS) else present)
 
     @property
     def loaded_experts(self) -> list[str]:
@@ -269,74 +286,138 @@ class WanMoETransformer3DModel(ModelMixin, ConfigMixin, PeftAdapterMixin, CacheM
         names = list(EXPERT_ATTRS) if expert == "both" else [expert]
         return [e for e in (self.get_expert(n) for n in names) if e is not None]
 
-    @property
-    def peft_config(self) -> dict:
-        """Adapters of both experts by name (what diffusers' pipeline LoRA helpers look up)."""
-        merged = {}
-        for e in self.experts_named():
-            merged.update(getattr(e, "peft_config", {}) or {})
-        return merged
+    # LoRA. The container is a plain diffusers `PeftAdapterMixin` model: one `peft_config` for both experts, adapter
+    # layers injected where the adapter's keys point (`high_noise_expert.blocks.0.attn1.to_q`, ...). An adapter
+    # lives in one expert or both; every method below takes ``expert=`` ("high", "low", "both"), and when it is not
+    # given the target set by `lora_target` applies (that is how the pipeline's `load_lora_weights(expert=...)`
+    # reaches diffusers' own `WanLoraLoaderMixin`, which calls these methods without it).
+    _lora_target = "both"
 
-    def _experts_with_adapters(self, expert: str = "both") -> list[WanTransformer3DModel]:
-        experts = [e for e in self.experts_named(expert) if peft_adapters_loaded(e)]
-        if not experts:
-            raise ValueError(f"No LoRA adapter is loaded in the {expert!r} expert(s).")
-        return experts
+    @contextlib.contextmanager
+    def lora_target(self, expert: str) -> Iterator[None]:
+        """Within the block, LoRA methods called without ``expert=`` act on ``expert`` ("high", "low" or "both")."""
+        previous = self._lora_target
+        self._lora_target = check_expert_choice(expert)
+        try:
+            yield
+        finally:
+            self._lora_target = previous
 
-    def load_lora_adapter(self, pretrained_model_name_or_path_or_dict, expert: str = "both", **kwargs) -> None:
-        """`PeftAdapterMixin.load_lora_adapter` into one expert or both (keys are relative to an expert)."""
-        state_dict = pretrained_model_name_or_path_or_dict
-        quantized = {n: s for n in ((HIGH, LOW) if expert == "both" else (expert,))
-                     if self.get_expert(n) is not None and (s := quantization_state(self.get_expert(n)))}
-        if quantized:  # peft would create the adapter weights in the storage dtype (fp8 / int8 / GGUF blocks)
+    def _lora_scope(self, expert: str | None) -> str:
+        scope = check_expert_choice(self._lora_target if expert is None else expert)
+        if scope != "both" and self.get_expert(scope) is None:
+            raise ValueError(f"The {scope}-noise expert is not loaded (this model holds {self.loaded_experts}).")
+        return scope
+
+    def _experts_outside(self, scope: str) -> list[WanTransformer3DModel]:
+        return [self.get_expert(n) for n in self.loaded_experts if scope not in (n, "both")]
+
+    def _scope_attrs(self, scope: str) -> tuple[str, ...]:
+        return tuple(EXPERT_ATTRS[n] for n in self.loaded_experts if scope in (n, "both"))
+
+    def check_lora_loadable(self, expert: str | None = None) -> None:
+        """Refuse LoRA on quantized experts: peft would create the adapter weights in the storage dtype."""
+        scope = self._lora_scope(expert)
+        quantized = {n: s for n in self.loaded_experts if scope in (n, "both")
+                     if (s := quantization_state(self.get_expert(n)))}
+        if quantized:
             raise ValueError(f"Load LoRA adapters before `set_expert_precision` / GGUF loading: expert(s) "
                              f"{quantized} are already quantized.")
-        for e in self.experts_named(expert):
-            e.load_lora_adapter(dict(state_dict) if isinstance(state_dict, dict) else state_dict, **kwargs)
 
-    def set_adapters(self, adapter_names, weights=None, expert: str = "both") -> None:
-        """Activate adapters with strengths on the selected expert(s); each expert only sees its own adapters."""
+    def load_lora_adapter(self, pretrained_model_name_or_path_or_dict, prefix: str | None = "transformer",
+                          hotswap: bool = False, expert: str | None = None, **kwargs) -> None:
+        """`PeftAdapterMixin.load_lora_adapter` into one expert or both (``expert=``, default: both).
+
+        Keys relative to one expert (``transformer.blocks.0...``, what Wan LoRAs hold) are placed under the chosen
+        expert(s); keys relative to this container (``transformer.high_noise_expert.blocks.0...``, what
+        `save_lora_adapter` / `save_lora_weights` write for it) keep their expert, restricted to the chosen one(s).
+        Saved adapter metadata is scoped the same way. The rest is diffusers' own loading.
+        """
+        scope = self._lora_scope(expert)
+        self.check_lora_loadable(scope)
+        if not isinstance(pretrained_model_name_or_path_or_dict, dict):
+            fetch = {k: kwargs.pop(k) for k in _LORA_FETCH_KWARGS if k in kwargs}
+            pretrained_model_name_or_path_or_dict, file_metadata = WanLoraLoaderMixin.lora_state_dict(
+                pretrained_model_name_or_path_or_dict, return_lora_metadata=True, **fetch)
+            kwargs["metadata"] = kwargs.get("metadata") or file_metadata
+        state_dict, relative = route_lora_keys(pretrained_model_name_or_path_or_dict, prefix, self._scope_attrs(scope))
+        if kwargs.get("metadata") and (relative or scope != "both"):
+            kwargs["metadata"] = route_lora_metadata(kwargs["metadata"], prefix, self._scope_attrs(scope), relative)
+        if kwargs.get("adapter_name") is None and not hotswap:  # one free name over both experts
+            taken = set(getattr(self, "peft_config", {}) or {})
+            kwargs["adapter_name"] = next(f"default_{i}" for i in range(len(taken) + 1) if f"default_{i}" not in taken)
+        with adapter_state_kept(self._experts_outside(scope)):
+            super().load_lora_adapter(state_dict, prefix=prefix, hotswap=hotswap, **kwargs)
+
+    def add_adapter(self, adapter_config, adapter_name: str = "default", expert: str | None = None) -> None:
+        """`PeftAdapterMixin.add_adapter` on one expert or both (``target_modules`` scoped to the expert)."""
+        scope = self._lora_scope(expert)
+        if scope != "both":
+            adapter_config = copy.deepcopy(adapter_config)
+            scoped = route_lora_metadata(adapter_config.to_dict(), None, self._scope_attrs(scope), relative=False)
+            adapter_config.target_modules = scoped["target_modules"]
+            adapter_config.exclude_modules = scoped.get("exclude_modules")
+        with adapter_state_kept(self._experts_outside(scope)):
+            super().add_adapter(adapter_config, adapter_name=adapter_name)
+
+    def adapters_in(self, expert: str = "both") -> list[str]:
+        """Names of the adapters with layers in ``expert`` (in loading order)."""
+        names = set()
+        for e in self.experts_named(check_expert_choice(expert)):
+            names |= adapter_names_in(e)
+        return [n for n in (getattr(self, "peft_config", None) or {}) if n in names]
+
+    def _forget_removed_adapters(self) -> None:
+        """Drop from ``peft_config`` the adapters whose last layer was just removed (per-expert delete / unload)."""
+        present = adapter_names_in(self)
+        config = getattr(self, "peft_config", None) or {}
+        for name in [n for n in config if n not in present]:
+            config.pop(name)
+        if not config and hasattr(self, "peft_config"):
+            del self.peft_config
+            set_peft_adapters_loaded(self, False)
+
+    def _on_experts(self, method: str, expert: str | None, *args, **kwargs):
+        """diffusers' ``PeftAdapterMixin.<method>`` on the container (both experts) or on one expert only."""
+        scope = self._lora_scope(expert)
+        if scope == "both":
+            return getattr(super(), method)(*args, **kwargs)
+        result = getattr(self.get_expert(scope), method)(*args, **kwargs)
+        self._forget_removed_adapters()
+        return result
+
+    def set_adapters(self, adapter_names, weights=None, expert: str | None = None) -> None:
+        """Activate adapters with strengths on the selected expert(s) (per-expert strengths: one call per expert)."""
         names = [adapter_names] if isinstance(adapter_names, str) else list(adapter_names)
-        weights = weights if isinstance(weights, list) else [weights] * len(names)
-        missing = set(names) - set().union(*(e.peft_config for e in self._experts_with_adapters(expert)))
-        if missing:
-            raise ValueError(f"Adapter(s) {sorted(missing)} are not loaded in the {expert!r} expert(s).")
-        for e in self._experts_with_adapters(expert):
-            own = [(n, w) for n, w in zip(names, weights) if n in e.peft_config]
-            if own:
-                e.set_adapters([n for n, _ in own], [1.0 if w is None else w for _, w in own])
+        scope = self._lora_scope(expert)
+        if scope != "both":
+            present = self.adapters_in(scope)
+            if not present:
+                raise ValueError(f"No LoRA adapter is loaded in the {scope!r} expert.")
+            if set(names) - set(present):
+                raise ValueError(f"Adapter(s) {sorted(set(names) - set(present))} are not loaded in the {scope!r} "
+                                 f"expert; it holds {present}.")
+        self._on_experts("set_adapters", scope, names, weights)
 
-    def fuse_lora(self, lora_scale: float = 1.0, safe_fusing: bool = False, adapter_names=None, expert: str = "both"):
-        for e in self._experts_with_adapters(expert):
-            own = None if adapter_names is None else [n for n in adapter_names if n in e.peft_config]
-            e.fuse_lora(lora_scale, safe_fusing=safe_fusing, adapter_names=own)
+    def fuse_lora(self, lora_scale: float = 1.0, safe_fusing: bool = False, adapter_names=None,
+                  expert: str | None = None) -> None:
+        self._on_experts("fuse_lora", expert, lora_scale, safe_fusing=safe_fusing, adapter_names=adapter_names)
 
-    def unfuse_lora(self, expert: str = "both") -> None:
-        for e in self._experts_with_adapters(expert):
-            e.unfuse_lora()
+    def unfuse_lora(self, expert: str | None = None) -> None:
+        self._on_experts("unfuse_lora", expert)
 
-    def unload_lora(self, expert: str = "both") -> None:
-        for e in self._experts_with_adapters(expert):
-            e.unload_lora()
+    def unload_lora(self, expert: str | None = None) -> None:
+        """Remove the adapter layers of the selected expert(s); nothing to do when none is loaded."""
+        self._on_experts("unload_lora", expert)
 
-    def disable_lora(self, expert: str = "both") -> None:
-        for e in self._experts_with_adapters(expert):
-            e.disable_lora()
+    def disable_lora(self, expert: str | None = None) -> None:
+        self._on_experts("disable_lora", expert)
 
-    def enable_lora(self, expert: str = "both") -> None:
-        for e in self._experts_with_adapters(expert):
-            e.enable_lora()
+    def enable_lora(self, expert: str | None = None) -> None:
+        self._on_experts("enable_lora", expert)
 
-    def delete_adapters(self, adapter_names, expert: str = "both") -> None:
-        names = [adapter_names] if isinstance(adapter_names, str) else list(adapter_names)
-        for e in self._experts_with_adapters(expert):
-            own = [n for n in names if n in e.peft_config]
-            if own:
-                e.delete_adapters(own)
-
-    def active_adapters(self) -> list[str]:
-        return sorted({n for e in self.experts_named() if peft_adapters_loaded(e)
-                       for n in e.active_adapters()})
+    def delete_adapters(self, adapter_names, expert: str | None = None) -> None:
+        self._on_experts("delete_adapters", expert, adapter_names)
 
     def enable_cache(self, config=None, expert: str = "both", *, high=None, low=None) -> None:
         """diffusers caches per expert: ``enable_cache(cfg)`` for both, or ``enable_cache(high=cfg_h, low=cfg_l)``.
@@ -368,3 +449,103 @@ class WanMoETransformer3DModel(ModelMixin, ConfigMixin, PeftAdapterMixin, CacheM
 def _public_config(model: ModelMixin) -> dict[str, Any]:
     """A model's constructor config without diffusers' private bookkeeping keys."""
     return {k: v for k, v in dict(model.config).items() if not k.startswith("_")}
+
+
+# ------------------------------------------------------------------ LoRA routing (keys and adapter configs)
+# `load_lora_adapter` arguments that say where to read the file from (the rest goes to diffusers' loading).
+_LORA_FETCH_KWARGS = ("cache_dir", "force_download", "proxies", "local_files_only", "token", "revision", "subfolder",
+                      "weight_name", "use_safetensors")
+
+
+def check_expert_choice(expert: str) -> str:
+    """``expert`` if it is "high", "low" or "both", else a clear error."""
+    if expert not in EXPERT_CHOICES:
+        raise ValueError(f"`expert` must be one of {EXPERT_CHOICES}; got {expert!r}.")
+    return expert
+
+
+def route_lora_keys(state_dict: dict, prefix: str | None, attrs: tuple[str, ...]) -> tuple[dict, bool]:
+    """LoRA keys placed into the experts named by ``attrs`` (attribute names, e.g. ``("low_noise_expert",)``).
+
+    A key relative to one expert (``<prefix>.blocks.0.attn1.to_q.lora_A.weight``) is copied under each chosen
+    expert; a key already relative to the container (``<prefix>.high_noise_expert.blocks...``) is kept if its expert
+    is chosen. Keys outside ``prefix`` are left for diffusers to filter out. Returns the keys and whether any key
+    was expert-relative.
+    """
+    head = f"{prefix}." if prefix else ""
+    routed, relative = {}, False
+    for key, value in state_dict.items():
+        if not key.startswith(head):
+            routed[key] = value
+            continue
+        rest = key[len(head):]
+        owner = rest.split(".", 1)[0]
+        if owner in EXPERT_ATTRS.values():
+            if owner in attrs:
+                routed[key] = value
+            continue
+        relative = True
+        for i, attr in enumerate(attrs):  # own tensors per expert: peft may assign them as parameters
+            routed[f"{head}{attr}.{rest}"] = value if i == 0 else value.clone()
+    return routed, relative
+
+
+def _scoped_regex(pattern: str, alternatives: str, relative: bool) -> str:
+    # A peft regex is matched in full against module names; scope it to the chosen experts' sub-modules.
+    return rf"(?:{alternatives})\.(?:{pattern})" if relative else rf"(?=(?:{alternatives})\.)(?:{pattern})"
+
+
+def route_lora_metadata(metadata: dict, prefix: str | None, attrs: tuple[str, ...], relative: bool) -> dict:
+    """Adapter metadata (LoraConfig fields, under ``<prefix>.`` when ``prefix`` is set) scoped to the experts in
+    ``attrs``: ``target_modules`` / ``exclude_modules`` only match modules inside them, and the anchored
+    ``rank_pattern`` / ``alpha_pattern`` keys diffusers writes (``^blocks.0...``) get each expert's prefix."""
+    head = f"{prefix}." if prefix else ""
+    out = dict(metadata)
+    alternatives = "|".join(re.escape(a) for a in attrs)
+    restricted = set(attrs) != set(EXPERT_ATTRS.values())
+    for field in ("target_modules", "exclude_modules"):
+        value = out.get(head + field)
+        if isinstance(value, str) and value != "all-linear":
+            out[head + field] = _scoped_regex(value, alternatives, relative)
+        elif value and field == "target_modules" and restricted and not isinstance(value, str):
+            # peft's list rule (name equal to, or ending in ".<target>"), limited to the chosen experts
+            names = "|".join(re.escape(t) for t in sorted(value))
+            out[head + field] = _scoped_regex(rf"(?:.*\.)?(?:{names})", alternatives, relative=False)
+    for field in ("rank_pattern", "alpha_pattern"):
+        patterns = out.get(head + field)
+        if relative and patterns:
+            out[head + field] = {(f"^{a}." + p[1:] if p.startswith("^") else p): v
+                                 for p, v in patterns.items() for a in attrs}
+    return out
+
+
+def tuner_layers(module: torch.nn.Module) -> Iterator[torch.nn.Module]:
+    """The peft adapter layers inside ``module``."""
+    from peft.tuners.tuners_utils import BaseTunerLayer  # peft is optional: only LoRA users have it
+
+    return (layer for layer in module.modules() if isinstance(layer, BaseTunerLayer))
+
+
+def adapter_names_in(module: torch.nn.Module) -> set[str]:
+    """Names of the peft adapters that have layers inside ``module``."""
+    return {name for layer in tuner_layers(module) for attr in layer.adapter_layer_names
+            for name in getattr(layer, attr).keys()}
+
+
+@contextlib.contextmanager
+def adapter_state_kept(modules: list[torch.nn.Module]) -> Iterator[None]:
+    """Keep the active and merged adapters of every adapter layer in ``modules`` across the block.
+
+    peft activates a newly injected adapter on every adapter layer of the model it injects into (unmerging fused
+    ones); an expert the adapter is not loaded into keeps its state, as two separate diffusers models would.
+    """
+    saved = [(layer, list(layer.active_adapters), list(layer.merged_adapters))
+             for module in modules for layer in tuner_layers(module)]
+    try:
+        yield
+    finally:
+        for layer, active, merged in saved:
+            layer.set_adapter(active)
+            unmerged = [n for n in merged if n not in layer.merged_adapters]
+            if unmerged:
+                layer.merge(adapter_names=unmerged)

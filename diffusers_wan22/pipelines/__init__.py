@@ -18,6 +18,7 @@ PIPELINES = (Wan22Pipeline, Wan22ImageToVideoPipeline, Wan22SpeechToVideoPipelin
 for _cls in PIPELINES:
     _cls.__module__ = PACKAGE
     setattr(diffusers, _cls.__name__, _cls)
+    setattr(diffusers.pipelines, _cls.__name__, _cls)  # where diffusers' tools look pipeline classes up by name
 
 __all__ = ["PIPELINES", "Wan22AnimatePipeline", "Wan22AnimatePipelineOutput", "Wan22BasePipeline", "Wan22ImageToVideoPipeline", "Wan22Pipeline", "Wan22PipelineOutput",
            "Wan22SpeechToVideoPipeline", "Wan22SpeechToVideoPipelineOutput", "Wan22VideoPipeline", "build_demo_pipeline",

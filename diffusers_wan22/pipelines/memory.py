@@ -42,6 +42,7 @@ from diffusers.utils.torch_utils import get_device
 
 from .._compat import (
     has_accelerate_hook,
+    offload_device,
     offload_gpu_id,
     offload_hooks,
     peft_adapters_loaded,
@@ -82,7 +83,7 @@ class Wan22MemoryMixin:
         """
         if not isinstance(self.transformer, WanMoETransformer3DModel):
             raise ValueError("Lazy experts need a mixture-of-experts transformer (WanMoETransformer3DModel).")
-        if any(peft_adapters_loaded(e) for e in self.transformer.experts_named()):
+        if any(peft_adapters_loaded(m) for m in (self.transformer, *self.transformer.experts_named())):
             raise ValueError("Lazy experts re-read the saved weights and would drop LoRA adapters; fuse and save "
                              "the pipeline first, or do not use lazy experts with adapters.")
         quantized = {n: quantization_state(self.transformer.get_expert(n)) for n in self.transformer.loaded_experts}
@@ -176,6 +177,8 @@ class Wan22MemoryMixin:
         """
         raise_if_group_offload_active(self)
         self.remove_all_hooks()
+        if device is None:  # diffusers re-enables offload without a device (after loading a LoRA): keep the last one
+            device = offload_device(self)
         if device is None:
             device = get_device()
             if device == "cpu":
