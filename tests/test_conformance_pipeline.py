@@ -140,8 +140,14 @@ def test_missing_variant_is_refused_with_diffusers_message(tmp_path):
 
 
 def test_sharded_save_of_the_moe_reloads(tmp_path):
-    """``max_shard_size`` passed by the pipeline's ``save_pretrained`` shards the MoE component."""
+    """``max_shard_size`` passed by the pipeline's ``save_pretrained`` shards the MoE component (with ``variant`` and
+    ``safe_serialization=False`` too: the three reach it together; diffusers 0.42 reads no sharded pickles back)."""
     pipe = MOE_CASE.pipe()
+    pipe.save_pretrained(tmp_path / "pickled", variant="fp16", safe_serialization=False, max_shard_size="30KB")
+    files = _model_files(tmp_path / "pickled" / "transformer")
+    shards = [f for f in files if f.endswith(".bin")]
+    assert len(shards) > 1 and all(f.startswith("diffusion_pytorch_model.fp16-") for f in shards), files
+    assert "diffusion_pytorch_model.bin.index.fp16.json" in files
     pipe.save_pretrained(tmp_path, max_shard_size="30KB")
     index = json.loads((tmp_path / "transformer" / "diffusion_pytorch_model.safetensors.index.json").read_text())
     assert len(set(index["weight_map"].values())) > 1
