@@ -293,7 +293,8 @@ def test_attention_slicing_and_backends_on_the_moe_match_native():
     pipe.disable_attention_slicing()
     with attention_backend("_native_math"):
         assert_same(_latents(pipe(**MOE_CASE.inputs())), reference, "context")
-    pipe.transformer.set_attention_backend("_native_math")
+    with attention_backend():  # diffusers' set_attention_backend also changes the process-wide default: restore it
+        pipe.transformer.set_attention_backend("_native_math")
     backends = {getattr(m.processor, "_attention_backend", None) for m in pipe.transformer.modules()
                 if hasattr(m, "processor")}
     assert {getattr(b, "value", b) for b in backends} == {"_native_math"}
