@@ -6,6 +6,7 @@ from __future__ import annotations
 import pytest
 import torch
 from diffusers.hooks import FirstBlockCacheConfig
+from diffusers.models.attention_dispatch import attention_backend
 
 from diffusers_wan22 import Wan22Pipeline, WanMoETransformer3DModel
 
@@ -75,7 +76,8 @@ def test_one_expert_only(tiny_components):
 
 def test_attention_backend_per_expert(tiny_pipe):
     ref = _run(tiny_pipe).frames
-    tiny_pipe.transformer.set_attention_backend("_native_math", expert="low")
+    with attention_backend():  # diffusers' set_attention_backend also sets the process-wide default: restore it
+        tiny_pipe.transformer.set_attention_backend("_native_math", expert="low")
     procs = {n: m.processor._attention_backend for n, m in tiny_pipe.transformer.named_modules()
              if hasattr(m, "processor") and hasattr(m.processor, "_attention_backend")}
     assert {getattr(v, "value", v) for k, v in procs.items() if k.startswith("low")} == {"_native_math"}
