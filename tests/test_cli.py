@@ -9,6 +9,10 @@ from pathlib import Path
 import imageio.v2 as imageio
 import pytest
 
+# Imported here, not inside the tests: importing diffusers logs torchao notices, which must not land in the stderr a
+# test captures.
+from diffusers_wan22.cli import main
+
 ROOT = Path(__file__).resolve().parent.parent
 EXAMPLES = sorted((ROOT / "examples").glob("*.py"))
 
@@ -98,8 +102,6 @@ def test_generate_each_image_task_with_the_tiny_model(tmp_path, task, extra, exp
     (["--task", "ti2v-5B", "--expert-steps", "2", "2"], "applies to the A14B tasks"),
 ])
 def test_task_input_errors(tmp_path, monkeypatch, capsys, args, message):
-    from diffusers_wan22.cli import main
-
     _inputs(tmp_path)
     monkeypatch.chdir(tmp_path)
     code = main(["generate", "--model", "tiny", "--prompt", "x", *args])
@@ -117,17 +119,15 @@ def test_task_input_errors(tmp_path, monkeypatch, capsys, args, message):
         (["generate", "--model", "/no/such/dir", "--prompt", "x"], "is not a folder"),
         (["generate", "--model", "tiny", "--prompt", "x", "--sample_solver", "euler"], "invalid choice: 'euler'"),
         (["generate", "--model", "tiny", "--prompt", "x", "--sample_guide_scale", "1", "2", "3"],
-         "takes one or two values; got 3"),
+         "--sample_guide_scale takes one or two values"),
         (["generate", "--model", "tiny", "--prompt", "x", "--frame_num", "6", "--dtype", "fp32"],
-         "`num_frames` must be 4k+1"),
+         "--frame_num must be 4k+1"),
         (["info", str(ROOT)], "is not an official Wan 2.2 folder"),
         (["frobnicate"], "invalid choice: 'frobnicate'"),
     ],
 )
 def test_usage_errors_are_one_line_with_exit_code_2(capsys, args, message):
     """In-process (`cli.main`) for speed; the subprocess test below checks the real script behaves the same."""
-    from diffusers_wan22.cli import main
-
     try:
         code = main(args)
     except SystemExit as e:  # argparse errors exit from inside the parser
@@ -177,8 +177,6 @@ def test_every_example_runs_on_the_tiny_model(example, tmp_path):
 def test_t5_cpu_and_memory_flags_give_the_same_video(tmp_path, monkeypatch):
     """--t5_cpu keeps UMT5 out of the offload chain and on the CPU; videos equal the plain run's."""
     import numpy as np
-
-    from diffusers_wan22.cli import main
 
     monkeypatch.chdir(tmp_path)
     base = ["generate", "--model", "tiny", "--prompt", "a cat", "--size", "32*32", "--frame_num", "5",
