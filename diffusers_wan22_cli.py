@@ -24,6 +24,11 @@ def _main(argv) -> int:
     from diffusers_wan22.commands.validate import validate_command  # torch-free
 
     args = validate_command(parse_args(argv))
+    if args.command == "plan":  # arithmetic only: no torch at all
+        from diffusers_wan22.commands import plan
+        from diffusers_wan22.commands.errors import run_reporting
+
+        return run_reporting(plan.run, args)
     for name in _IMPORT_CHATTER:
         logging.getLogger(name).setLevel(logging.ERROR)
     from diffusers_wan22.commands.run import run_command  # torch, diffusers: after the loggers are lowered

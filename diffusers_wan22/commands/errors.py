@@ -29,6 +29,10 @@ PARAM_FLAGS = {
 }
 
 
+# Errors that mean "this input cannot be used" when they escape a command.
+USER_ERRORS = (ValueError, FileNotFoundError, FileExistsError, NotADirectoryError, IsADirectoryError, PermissionError)
+
+
 class CliError(ValueError):
     """A user mistake, reported as one line (exit code 2). ``flag`` names the option at fault (e.g. ``"--size"``),
     so a front end (the command line, a UI) can point at it; the message says what is accepted."""
@@ -53,9 +57,14 @@ def report(message: str) -> None:
 
 
 def run_guarded(step: Callable[[], int]) -> int:
-    """Run ``step`` (a whole command) and turn the ways it can end into exit codes (see the module docstring)."""
+    """Run ``step`` (a whole command) and turn the ways it can end into exit codes (see the module docstring).
+    stdout is flushed here, so a closed pipe is noticed inside the guard, not by the interpreter at exit."""
     try:
-        return step()
+        try:
+            code = step()
+        finally:
+            sys.stdout.flush()  # argparse's --help / --version exit with SystemExit: flush them here too
+        return code
     except CliError as e:
         report(str(e))
         return EXIT_USAGE
@@ -69,3 +78,15 @@ def run_guarded(step: Callable[[], int]) -> int:
         os.dup2(devnull, sys.stdout.fileno())
         os.close(devnull)
         return EXIT_BROKEN_PIPE
+
+
+def run_reporting(command: Callable, args) -> int:
+    """Run a checked command; a ValueError or file error raised below the command line is one line, exit code 2
+    (pipeline parameter names replaced by the flags that set them)."""
+    try:
+        return command(args)
+    except CliError:
+        raise
+    except USER_ERRORS as e:
+        report(flags_for_params(str(e)) if args.command in ("generate", "demo") else str(e))
+        return EXIT_USAGE

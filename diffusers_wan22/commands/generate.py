@@ -1,8 +1,8 @@
 """`wan22 generate`: one video (or a prompt file split across `accelerate` processes) from any model folder.
 
-The torch-free checks (`validate.validate_generate`) have run when `run` starts; what needs torch comes next, still
-before a weight is read: the device exists, the memory planner's verdict against the device's memory, and the
-resolution an image-conditioned task will use (printed). Only then is the pipeline loaded.
+The torch-free checks (`validate.validate_generate`, which also chose the resolution of an image-conditioned task)
+have run when `run` starts; what needs torch comes next, still before a weight is read: the device exists, the
+memory planner's verdict against the device's memory. Only then is the pipeline loaded.
 """
 
 from __future__ import annotations
@@ -18,11 +18,10 @@ from PIL import Image
 from ..core.variants import get_variant
 from ..pipelines import Wan22ImageToVideoPipeline, Wan22Pipeline, Wan22SpeechToVideoPipeline, load_pipeline
 from ..pipelines.checks import device_memory_bytes
-from ..utils.image import i2v_a14b_size, s2v_size, ti2v_best_output_size
 from ..utils.memory_specs import spec_from_pipeline
 from ..utils.video import save_video
 from .demo import report_steps
-from .errors import CliError, flags_for_params
+from .errors import CliError
 from .validate import check_cli_memory, is_tiny, read_prompts
 
 DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
@@ -75,39 +74,25 @@ def accelerator_bytes(device: torch.device) -> float | None:
     return None if device.type == "cpu" else device_memory_bytes(device)
 
 
-def image_resolution(task: str, image: Path, size: tuple[int, int] | None) -> tuple[int, int]:
-    """(width, height) an image-conditioned task makes from ``image`` within the ``--size`` area (official rules;
-    errors name --size)."""
-    d = get_variant(task)
-    area = d.width * d.height if size is None else size[0] * size[1]
-    with Image.open(image) as im:
-        w, h = im.size
-    rule = {"i2v-A14B": lambda: i2v_a14b_size(w, h, area, 8, 2),
-            "ti2v-5B": lambda: ti2v_best_output_size(w, h, area, 32), "s2v-14B": lambda: s2v_size(w, h, area)}[task]
-    try:
-        return rule()
-    except ValueError as e:
-        raise CliError("--size", flags_for_params(str(e))) from None
-
-
 def describe_resolution(args, resolution: tuple[int, int] | None) -> str:
     d = get_variant(args.task)
     if resolution is None:
         width, height = args.size or (d.width, d.height)
         frames = args.frame_num or d.num_frames
-        return f"Resolution: {width}x{height}, {frames} frames ({frames / d.fps:.1f} s at {d.fps} fps)"
+        plural = "s" * (frames != 1)
+        return f"Resolution: {width}x{height}, {frames} frame{plural} ({frames / d.fps:.1f} s at {d.fps} fps)"
     area = "the default area" if args.size is None else f"the --size {args.size[0]}*{args.size[1]} area"
     return f"Resolution: {resolution[0]}x{resolution[1]}: the image's aspect ratio within {area}"
 
 
 def check_before_loading(args, device: torch.device) -> tuple[int, int] | None:
-    """The checks that need torch but no weight: the memory planner against the device, the image resolution."""
+    """The check that needs torch but no weight (the memory planner against the device); prints the resolution
+    (chosen from the image for the image tasks, see `validate.image_resolution`) and the seed."""
     if not args.no_memory_check and not getattr(args, "memory_checked", False):
         check_cli_memory(args, accelerator_bytes(device), on_cpu=device.type == "cpu")
-    resolution = image_resolution(args.task, args.image, args.size) if args.image is not None else None
-    print(describe_resolution(args, resolution))
+    print(describe_resolution(args, args.resolution))
     print(f"Seed: {args.base_seed}")
-    return resolution
+    return args.resolution
 
 
 # ------------------------------------------------------------------------------------------------ placing
@@ -168,7 +153,7 @@ def run(args) -> int:
 
 def call_kwargs(args, resolution: tuple[int, int] | None) -> dict:
     """The pipeline call arguments of the text/image tasks; an image task gets the resolution chosen from its
-    image and the ``--size`` area (`image_resolution`)."""
+    image and the ``--size`` area (`validate.image_resolution`)."""
     guide = args.sample_guide_scale
     kwargs = dict(num_frames=args.frame_num, num_inference_steps=args.sample_steps, expert_steps=args.expert_steps)
     if guide:

@@ -113,35 +113,40 @@ class _Parser(argparse.ArgumentParser):
 # name -> argparse keyword arguments. `wan22 generate` uses all of them; each example uses the ones it needs
 # (`example_parser`), so the CLI and the examples share one vocabulary.
 GENERATE_FLAGS: dict[str, dict] = {
-    "model": dict(required=True, help="official checkpoint folder (as downloaded), a folder written by `wan22 "
+    "model": dict(metavar="MODEL", required=True,
+                  help="official checkpoint folder (as downloaded), a folder written by `wan22 "
                                       "convert` / save_pretrained (either layout), or 'tiny' (random demo weights)"),
-    "prompt": dict(default=None, help="the text prompt"),
-    "prompts": dict(type=Path, default=None,
+    "prompt": dict(metavar="TEXT", default=None, help="the text prompt"),
+    "prompts": dict(metavar="FILE", type=Path, default=None,
                     help="text file, one prompt per line: writes <output_dir>/<index>.mp4 with seed base_seed+index; "
                          "under `accelerate launch --num_processes N` the prompts are split across the processes"),
-    "negative_prompt": dict(default=None, help="default: the official negative prompt"),
-    "size": dict(type=_parse_size, default=None,
+    "negative_prompt": dict(metavar="TEXT", default=None, help="default: the official negative prompt"),
+    "size": dict(metavar="W*H", type=_parse_size, default=None,
                  help="W*H, e.g. 832*480 (default: the variant's, e.g. 1280*720). Text-to-video: the exact output "
                       "size. With --image (i2v, ti2v image mode, s2v) it is an AREA budget: the output keeps the "
                       "image's aspect ratio within W*H pixels; the size chosen is printed"),
-    "frame_num": dict(type=_positive_int, default=None,
+    "frame_num": dict(metavar="N", type=_positive_int, default=None,
                       help="frames, 4k+1 (default: the variant's, 81 or 121); s2v uses --infer_frames"),
-    "sample_steps": dict(type=_positive_int, default=None, help="denoising steps (default: the variant's, 40 or 50)"),
-    "sample_shift": dict(type=float, default=None, help="noise schedule shift, a number > 0 (default: the "
+    "sample_steps": dict(metavar="N", type=_positive_int, default=None,
+                         help="denoising steps (default: the variant's, 40 or 50)"),
+    "sample_shift": dict(metavar="SHIFT", type=float, default=None,
+                         help="noise schedule shift, a number > 0 (default: the "
                                                         "variant's, 12 / 5 / 3)"),
     "sample_solver": dict(choices=SOLVERS, default="unipc"),
-    "sample_guide_scale": dict(type=float, nargs="+", default=None,
+    "sample_guide_scale": dict(metavar="SCALE", type=float, nargs="+", default=None,
                                help="classifier-free guidance: one value for both experts, or two for A14B: HIGH LOW "
                                     "(high-noise then low-noise expert); 1 disables guidance"),
-    "base_seed": dict(type=int, default=0, help="seed of the initial noise; -1 = a random seed (printed)"),
+    "base_seed": dict(metavar="SEED", type=int, default=0,
+                      help="seed of the initial noise; -1 = a random seed (printed)"),
     "task": dict(choices=TASKS, default=None,
                  help="default: read from --model (official or saved folder); t2v-A14B for --model tiny"),
-    "image": dict(type=Path, default=None, help="i2v-A14B / ti2v-5B: first frame; s2v-14B: reference image"),
-    "audio": dict(type=Path, default=None, help="s2v-14B: speech/song (any format ffmpeg reads)"),
-    "pose_video": dict(type=Path, default=None, help="s2v-14B: optional pose-driving video"),
-    "num_clip": dict(type=_positive_int, default=None,
+    "image": dict(metavar="FILE", type=Path, default=None,
+                  help="i2v-A14B / ti2v-5B: first frame; s2v-14B: reference image"),
+    "audio": dict(metavar="FILE", type=Path, default=None, help="s2v-14B: speech/song (any format ffmpeg reads)"),
+    "pose_video": dict(metavar="FILE", type=Path, default=None, help="s2v-14B: optional pose-driving video"),
+    "num_clip": dict(metavar="N", type=_positive_int, default=None,
                      help="s2v-14B: clips to generate (default: as many as the audio needs)"),
-    "infer_frames": dict(type=_positive_int, default=None,
+    "infer_frames": dict(metavar="N", type=_positive_int, default=None,
                          help="s2v-14B: frames per clip, a multiple of 4 (default: 80)"),
     "lora": dict(action="append", default=[], metavar="PATH[:SCALE][@EXPERT]",
                  help="LoRA safetensors; EXPERT is high, low or both (default both); repeatable"),
@@ -150,15 +155,17 @@ GENERATE_FLAGS: dict[str, dict] = {
     "dtype": dict(choices=DTYPE_NAMES, default="bf16"),
     "convert_model_dtype": dict(action="store_true",
                                 help="official flag; weights are always cast to --dtype here (kept for compatibility)"),
-    "device": dict(default=None, help="cpu, cuda, cuda:N, mps or xpu[:N] (default: cuda if available, else cpu)"),
+    "device": dict(metavar="DEVICE", default=None,
+                   help="cpu, cuda, cuda:N, mps or xpu[:N] (default: cuda if available, else cpu)"),
     "offload_model": dict(action="store_true", help="per-expert CPU offload (= --memory_mode expert_offload)"),
     "t5_cpu": dict(action="store_true", help="keep the UMT5 text encoder on the CPU (saves ~11 GB)"),
     "memory_mode": dict(choices=MEMORY_MODES, default=None, help="memory mode (see `wan22 plan`)"),
-    "offload_dir": dict(type=Path, default=None, help="--memory_mode group_offload: spill groups to this folder"),
+    "offload_dir": dict(metavar="DIR", type=Path, default=None,
+                        help="--memory_mode group_offload: spill groups to this folder"),
     "no_memory_check": dict(action="store_true",
                             help="run even when the memory planner predicts the run does not fit this machine"),
-    "output": dict(default=None, help="mp4 path (default: wan22_<time>.mp4)"),
-    "output_dir": dict(type=Path, default=None, help="with --prompts (default: wan22_outputs)"),
+    "output": dict(metavar="FILE.mp4", default=None, help="mp4 path (default: wan22_<time>.mp4)"),
+    "output_dir": dict(metavar="DIR", type=Path, default=None, help="with --prompts (default: wan22_outputs)"),
     "overwrite": dict(action="store_true", help="replace an existing --output (otherwise refused)"),
 }
 
@@ -199,13 +206,14 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
 
     demo = sub.add_parser("demo", help="run a tiny random-weight Wan 2.2 MoE pipeline and write an mp4")
-    demo.add_argument("--output", default="wan22_demo.mp4", help="mp4 path (default: %(default)s)")
+    demo.add_argument("--output", default="wan22_demo.mp4", metavar="FILE.mp4", help="mp4 path (default: %(default)s)")
     demo.add_argument("--overwrite", action="store_true", help="replace an existing --output (otherwise refused)")
-    demo.add_argument("--prompt", default="Two cats boxing on a stage.")
-    demo.add_argument("--size", type=_parse_size, default=(128, 128), help="W*H (default: 128*128)")
-    demo.add_argument("--frame_num", type=_positive_int, default=17, help="frames, 4k+1 (default: %(default)s)")
-    demo.add_argument("--sample_steps", type=_positive_int, default=12, help="default: %(default)s")
-    demo.add_argument("--base_seed", type=int, default=0, help="-1 = a random seed (printed)")
+    demo.add_argument("--prompt", default="Two cats boxing on a stage.", metavar="TEXT")
+    demo.add_argument("--size", type=_parse_size, default=(128, 128), metavar="W*H", help="W*H (default: 128*128)")
+    demo.add_argument("--frame_num", type=_positive_int, default=17, metavar="N",
+                      help="frames, 4k+1 (default: %(default)s)")
+    demo.add_argument("--sample_steps", type=_positive_int, default=12, metavar="N", help="default: %(default)s")
+    demo.add_argument("--base_seed", type=int, default=0, metavar="SEED", help="-1 = a random seed (printed)")
 
     gen = sub.add_parser("generate", help="generate a video from a model folder (official or diffusers-format)",
                          description="Generate one video (or one per line of --prompts). Every argument is checked "
@@ -220,6 +228,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     plan = sub.add_parser("plan", help="predict peak accelerator memory and host RAM of each memory mode")
     add_plan_arguments(plan)
+    parser.commands = {"demo": demo, "generate": gen, "convert": conv, "info": info, "plan": plan}  # docs/cli.md
     return parser
 
 
@@ -232,24 +241,26 @@ def add_convert_arguments(parser: argparse.ArgumentParser) -> None:
                         help="cast floating tensors (default: keep each source tensor's dtype)")
     parser.add_argument("--layout", default="wan22", choices=["wan22", "diffusers"],
                         help="wan22: our pipeline folder; diffusers: stock WanPipeline layout (default: %(default)s)")
-    parser.add_argument("--max_shard_size", type=_byte_size, default="5GB",
+    parser.add_argument("--max_shard_size", type=_byte_size, default="5GB", metavar="SIZE",
                         help="largest output shard (default: %(default)s)")
     parser.add_argument("--overwrite", action="store_true", help="replace an existing DST (otherwise refused)")
     parser.add_argument("--verify", action="store_true", help="re-read DST and checksum every tensor vs its source")
 
 
 def add_plan_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--model", default="t2v-A14B",
+    parser.add_argument("--model", default="t2v-A14B", metavar="MODEL",
                         help=f"{' / '.join(PLAN_MODELS)} (sizes of the real models), an official folder or a folder "
                              "written by `wan22 convert` / save_pretrained (sizes from its config files, no weights "
                              "read)")
-    parser.add_argument("--size", type=_parse_size, default=(1280, 720), help="W*H (default: 1280*720)")
-    parser.add_argument("--frame_num", type=_positive_int, default=81,
-                        help="frames, 4k+1 (s2v-14B: frames per clip, a multiple of 4; default: %(default)s)")
+    parser.add_argument("--size", type=_parse_size, default=None, metavar="W*H",
+                        help="W*H (default: the variant's, e.g. 1280*720; 1280*704 for ti2v-5B)")
+    parser.add_argument("--frame_num", type=_positive_int, default=None, metavar="N",
+                        help="frames, 4k+1 (s2v-14B: frames per clip, a multiple of 4; default: the variant's)")
     parser.add_argument("--dtype", choices=DTYPE_NAMES, default="bf16")
     parser.add_argument("--batched_cfg", action="store_true", help="CFG branches as one batch of 2")
-    parser.add_argument("--budget_gb", type=float, default=40.0, help="accelerator budget to recommend a mode for")
-    parser.add_argument("--precision", type=_parse_precision, default=None,
+    parser.add_argument("--budget_gb", type=float, default=40.0, metavar="GB",
+                        help="accelerator budget to recommend a mode for")
+    parser.add_argument("--precision", type=_parse_precision, default=None, metavar="POLICY[,LOW]",
                         help="expert precision policy, one for both experts or HIGH,LOW (e.g. fp8, "
                              "int8-weight-only, gguf-q4_k, fp8,bf16); default: every weight in --dtype")
     parser.add_argument("--scope", choices=PRECISION_SCOPES, default="all",

@@ -31,7 +31,8 @@ def run(args) -> int:
     if args.precision is not None:
         kwargs.update(precision=args.precision, scope=args.scope)
     label = args.dtype if args.precision is None else f"{'/'.join(dict.fromkeys(args.precision))} ({args.scope})"
-    print(f"{args.model} ({args.task}): {width}x{height}, {args.frame_num} frames, {label} (peaks, GB = 1e9 bytes)")
+    name = args.model if args.model.lower() == args.task.lower() else f"{args.model} ({args.task})"
+    print(f"{name}: {width}x{height}, {args.frame_num} frames, {label} (peaks, GB = 1e9 bytes)")
     print(plan_table(spec, height, width, args.frame_num, **kwargs))
     best = best_mode(spec, height, width, args.frame_num, args.budget_gb * GB, **kwargs)
     if best is None:

@@ -19,10 +19,11 @@ import time
 from pathlib import Path
 
 from ..core.folders import detect_official_variant, detect_saved_task
+from ..core.image_sizes import i2v_a14b_size, s2v_size, ti2v_best_output_size
 from ..core.memory_planner import SPECS
 from ..core.names import EXPERT_CHOICES, MODEL_INDEX
 from ..core.variants import VARIANTS, get_variant
-from .errors import CliError
+from .errors import CliError, flags_for_params
 from .media import check_audio_file, check_safetensors_file, check_video_file, image_size
 from .memory_check import check_memory, folder_spec
 
@@ -139,6 +140,20 @@ def check_steps(sample_steps: int | None, expert_steps, task: str) -> None:
     if sample_steps is not None and sum(expert_steps) != sample_steps:
         raise CliError("--expert_steps", f"--expert_steps {expert_steps[0]} {expert_steps[1]} makes "
                                          f"{sum(expert_steps)} steps but --sample_steps is {sample_steps}; drop one")
+
+
+def image_resolution(task: str, image, size: tuple[int, int] | None) -> tuple[int, int]:
+    """(width, height) an image-conditioned task makes from ``image`` within the ``--size`` area (the official
+    rules of `core/image_sizes.py`; the strides of the real models, which the tiny ones share)."""
+    d = get_variant(task)
+    area = d.width * d.height if size is None else size[0] * size[1]
+    w, h = image_size(image, "--image")
+    rule = {"i2v-A14B": lambda: i2v_a14b_size(w, h, area, 8, 2),
+            "ti2v-5B": lambda: ti2v_best_output_size(w, h, area, 32), "s2v-14B": lambda: s2v_size(w, h, area)}[task]
+    try:
+        return rule()
+    except ValueError as e:
+        raise CliError("--size", flags_for_params(str(e))) from None
 
 
 # ------------------------------------------------------------------------------------------------ inputs
@@ -262,6 +277,7 @@ def validate_generate(args: argparse.Namespace, require_inputs: bool = True) -> 
     check_task_inputs(task, args.image, args.audio, args.pose_video, args.num_clip, args.infer_frames, args.prompts,
                       require_inputs)
     check_size(args.size, task, args.image is not None)
+    args.resolution = image_resolution(task, args.image, args.size) if args.image is not None else None
     check_frame_num(args.frame_num, task)
     check_steps(args.sample_steps, args.expert_steps, task)
     check_shift(args.sample_shift)
@@ -300,7 +316,7 @@ def check_cli_memory(args: argparse.Namespace, accelerator_bytes: float | None, 
     if spec is None:
         return
     d = get_variant(args.task)
-    width, height = args.size or (d.width, d.height)
+    width, height = getattr(args, "resolution", None) or args.size or (d.width, d.height)
     frames = (args.infer_frames or d.num_frames) if args.task == "s2v-14B" else (args.frame_num or d.num_frames)
     mode = args.memory_mode or ("expert_offload" if args.offload_model else "none")
     check_memory(spec, width=width, height=height, frames=frames, mode=mode, on_cpu=on_cpu,
@@ -354,6 +370,9 @@ def validate_plan(args: argparse.Namespace) -> None:
     else:
         task = resolve_task(args.model, None)
     args.task = task
+    d = get_variant(task)
+    args.size = args.size or (d.width, d.height)
+    args.frame_num = args.frame_num or d.num_frames
     if task == "s2v-14B":
         if args.frame_num % 4:
             raise CliError("--frame_num", f"--frame_num for s2v-14B is frames per clip, a multiple of 4; got "
