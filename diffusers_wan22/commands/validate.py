@@ -305,6 +305,8 @@ def _resolve_outputs(args: argparse.Namespace, prompts: list[str] | None) -> Non
     args.output_dir = args.output_dir or Path(DEFAULT_OUTPUT_DIR)
     if args.output_dir.exists() and not args.output_dir.is_dir():
         raise CliError("--output_dir", f"--output_dir {str(args.output_dir)!r} is a file")
+    if os.environ.get("RANK", "0") != "0":  # under `accelerate launch` the first process checks; the others may
+        return                              # already be writing their videos when a late one starts
     for i in range(len(prompts)):
         check_output(args.output_dir / f"{i}.mp4", args.overwrite, "--output_dir")
 
