@@ -181,12 +181,32 @@ def run_case(case: tuple, places: dict) -> tuple[subprocess.CompletedProcess | N
     return res, cwd, time.perf_counter() - start
 
 
+def interrupt_run(folder: Path) -> tuple[int, str, list[str]]:
+    """`wan22 generate --model tiny` sent SIGINT in the middle of its run: (exit code, stderr, files left)."""
+    folder.mkdir(parents=True)
+    proc = subprocess.Popen([*WAN22, "generate", "--model", "tiny", "--prompt", "a cat", "--size", "64*64",
+                             "--frame_num", "17", "--sample_steps", "500", "--dtype", "fp32", "--device", "cpu",
+                             "--output", "out.mp4"], cwd=folder, env=ENV, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    try:
+        for line in proc.stdout:  # the seed is printed right before the pipeline is built and run
+            if line.startswith("Seed:"):
+                break
+        time.sleep(3)
+        proc.send_signal(signal.SIGINT)
+        _, err = proc.communicate(timeout=120)
+    finally:
+        proc.kill()
+    return proc.returncode, err, sorted(p.name for p in folder.iterdir())
+
+
 @pytest.fixture(scope="module")
 def results(places) -> dict:
-    """Every case, run side by side as real subprocesses (see the module docstring)."""
+    """Every case, and the Ctrl-C run, side by side as real subprocesses (see the module docstring)."""
     with ThreadPoolExecutor(max_workers=8) as pool:
+        interrupted = pool.submit(interrupt_run, Path(places["base"]) / "runs" / "ctrl_c")
         futures = {case[0]: pool.submit(run_case, case, places) for case in CASES}
-        return {name: future.result() for name, future in futures.items()}
+        return {"ctrl_c": interrupted.result(), **{name: future.result() for name, future in futures.items()}}
 
 
 @pytest.mark.parametrize("case", CASES, ids=[c[0] for c in CASES])
@@ -205,28 +225,16 @@ def test_bad_invocation_is_one_line_naming_the_flag(case, results):
 def test_refusals_before_torch_are_fast(results):
     """Invocations refused by the torch-free checks return in well under the time it takes to import torch."""
     needs_torch = {"device_cuda", "info_truncated_shard"}  # is there a CUDA device? / safetensors headers
-    slow = {n: round(t, 1) for n, (_, _, t) in results.items() if n not in needs_torch and t > 10}
+    slow = {n: round(r[2], 1) for n, r in results.items() if n not in needs_torch | {"ctrl_c"} and r[2] > 10}
     assert not slow, f"refused slowly (torch imported before the check?): {slow}"
 
 
-def test_ctrl_c_is_one_line_exit_130_and_leaves_no_file(tmp_path):
+def test_ctrl_c_is_one_line_exit_130_and_leaves_no_file(results):
     """SIGINT in the middle of a run: `wan22: interrupted`, exit code 130, no traceback, no video, no temp file."""
-    proc = subprocess.Popen([*WAN22, "generate", "--model", "tiny", "--prompt", "a cat", "--size", "64*64",
-                             "--frame_num", "17", "--sample_steps", "500", "--dtype", "fp32", "--device", "cpu",
-                             "--output", "out.mp4"], cwd=tmp_path, env=ENV, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True)
-    try:
-        for line in proc.stdout:  # the seed is printed right before the pipeline is built and run
-            if line.startswith("Seed:"):
-                break
-        time.sleep(3)
-        proc.send_signal(signal.SIGINT)
-        _, err = proc.communicate(timeout=120)
-    finally:
-        proc.kill()
-    assert proc.returncode == 130, err[-2000:]
+    code, err, left = results["ctrl_c"]
+    assert code == 130, err[-2000:]
     assert "Traceback" not in err and err.splitlines()[-1] == "wan22: interrupted", err[-2000:]
-    assert list(tmp_path.iterdir()) == []
+    assert left == []
 
 
 @pytest.mark.parametrize("argv", [["--help"], ["plan", "--model", "ti2v-5B"]], ids=["help", "plan"])

@@ -269,6 +269,8 @@ def validate_generate(args: argparse.Namespace, require_inputs: bool = True) -> 
     ``require_inputs``: see `check_task_inputs`."""
     args.task = resolve_task(args.model, args.task)
     task = args.task
+    if args.prompt is None and args.prompts is None:
+        raise CliError("--prompt", "--prompt TEXT (or --prompts FILE) is required")
     if args.prompt is not None and not args.prompt.strip():
         raise CliError("--prompt", "--prompt is empty")
     prompts = read_prompts(args.prompts) if args.prompts is not None else None
