@@ -23,7 +23,7 @@ from ..core.image_sizes import i2v_a14b_size, s2v_size, ti2v_best_output_size
 from ..core.memory_planner import SPECS
 from ..core.names import EXPERT_CHOICES, MODEL_INDEX
 from ..core.variants import VARIANTS, get_variant
-from .errors import CliError, flags_for_params
+from .errors import CliError
 from .media import check_audio_file, check_safetensors_file, check_video_file, image_size
 from .memory_check import check_memory, folder_spec
 
@@ -152,8 +152,11 @@ def image_resolution(task: str, image, size: tuple[int, int] | None) -> tuple[in
             "ti2v-5B": lambda: ti2v_best_output_size(w, h, area, 32), "s2v-14B": lambda: s2v_size(w, h, area)}[task]
     try:
         return rule()
-    except ValueError as e:
-        raise CliError("--size", flags_for_params(str(e))) from None
+    except ValueError:
+        given = "the default area" if size is None else f"--size {size[0]}*{size[1]}"
+        multiple = {"ti2v-5B": 32, "s2v-14B": 64}.get(task, 16)
+        raise CliError("--size", f"{given} is too small an area for the {w}x{h} --image ({task} makes sides that "
+                                 f"are multiples of {multiple})") from None
 
 
 # ------------------------------------------------------------------------------------------------ inputs
