@@ -53,6 +53,10 @@ _EXPORTS: dict[str, str] = {
     **dict.fromkeys(["load_audio", "SAMPLING_RATE"], "utils.audio"),
     **dict.fromkeys(["init_distributed", "is_main_process"], "utils.distributed"),
     **dict.fromkeys(["spec_from_pipeline", "spec_from_config", "spec_from_modules"], "utils.memory_specs"),
+    # the command line's flags for scripts (torch-free)
+    **dict.fromkeys(["parse_example_args"], "commands.examples"),
+    **dict.fromkeys(["build_parser"], "commands.parser"),
+    **dict.fromkeys(["CliError"], "commands.errors"),
     # torch-free core
     **dict.fromkeys(["VARIANTS", "VariantDefaults", "get_variant", "DEFAULT_NEGATIVE_PROMPT", "S2V_NEGATIVE_PROMPT"],
                     "core.variants"),

@@ -1,38 +1,29 @@
 """T2V-A14B with a memory mode: one expert on the accelerator (expert_offload), block-level group offload, or lazy
 experts (host RAM holds one expert). `wan22 plan` predicts what each mode needs; docs/memory.md has the table.
+Flags are those of `wan22 generate` (--memory_mode, --offload_dir, ...).
 
-    python examples/low_memory.py --model ./Wan2.2-T2V-A14B-wan22 --mode group_offload --offload-dir /nvme/wan
-    python examples/low_memory.py --model tiny --mode expert_offload
+    python examples/low_memory.py --model ./Wan2.2-T2V-A14B --memory_mode lazy_experts
+    python examples/low_memory.py --model ./Wan2.2-T2V-A14B-wan22 --memory_mode group_offload --offload_dir /nvme/wan
+    python examples/low_memory.py --model tiny --memory_mode expert_offload
 """
-
-import argparse
 
 import torch
 
-from diffusers_wan22 import MEMORY_MODES, load_pipeline, save_video
+from diffusers_wan22 import load_pipeline, parse_example_args, save_video
 
-parser = argparse.ArgumentParser()
-parser.add_argument("--model", required=True, help="official folder, diffusers folder, or 'tiny'")
-parser.add_argument("--mode", choices=MEMORY_MODES, default="expert_offload")
-parser.add_argument("--offload-dir", default=None, help="group_offload: spill groups to this disk folder")
-parser.add_argument("--prompt", default="Two cats boxing on a stage.")
-parser.add_argument("--output", default="low_memory.mp4")
-args = parser.parse_args()
-
+args = parse_example_args(__doc__, ["model", "memory_mode", "offload_dir", "prompt", "size", "frame_num",
+                                    "sample_steps", "base_seed", "output", "overwrite"], memory_mode="expert_offload",
+                          prompt="Two cats boxing on a stage.", output="low_memory.mp4")
 tiny = args.model.startswith("tiny")
-pipe = load_pipeline(args.model, torch.float32 if tiny else torch.bfloat16)
+lazy = args.memory_mode == "lazy_experts"  # read each expert at its first step instead of both now
+pipe = load_pipeline(args.model, torch.float32 if tiny else torch.bfloat16, **({"lazy_experts": True} if lazy and
+                                                                               not tiny else {}))
 device = "cuda" if torch.cuda.is_available() else "cpu"  # on CPU the same hooks move weights CPU <-> CPU
-options = {"offload_to_disk_path": args.offload_dir} if args.mode == "group_offload" else {}
-if args.mode == "lazy_experts" and tiny:  # lazy experts read one expert at a time from a saved folder
-    import tempfile
-
-    folder = tempfile.mkdtemp()
-    pipe.save_pretrained(folder)
-    pipe = type(pipe).from_pretrained(folder, lazy_experts=True)
-    options = {}
-pipe.enable_memory_mode(args.mode, device=device, **options)
-call = dict(height=64, width=64, num_frames=9, num_inference_steps=6) if tiny else dict(height=480, width=832)
-out = pipe(args.prompt, generator=torch.Generator("cpu").manual_seed(0), **call)
+options = {"offload_to_disk_path": str(args.offload_dir)} if args.offload_dir is not None else {}
+pipe.enable_memory_mode(args.memory_mode, device=device, **options)  # lazy_experts: reads from pipe.lazy_source
+width, height = args.size or (832, 480)
+out = pipe(args.prompt, height=height, width=width, num_frames=args.frame_num, num_inference_steps=args.sample_steps,
+           generator=torch.Generator("cpu").manual_seed(args.base_seed))
 print("experts per step:", out.experts)
 save_video(out.frames[0], args.output, fps=pipe.variant_defaults.fps)
 print("wrote", args.output)

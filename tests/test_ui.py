@@ -12,6 +12,7 @@ import torch
 from diffusers_wan22 import Wan22Pipeline, build_tiny_components
 from diffusers_wan22.cli import main
 from diffusers_wan22.commands.ui import parse_generate
+from diffusers_wan22.commands.validate import check_host
 from diffusers_wan22.ui.form import check_request, command_line, field_of
 from diffusers_wan22.ui.planning import scheduler_for, step_schedule
 from diffusers_wan22.ui.runner import DONE, Runner
@@ -61,12 +62,12 @@ def test_the_pages_command_line_makes_the_same_video(tmp_path):
 @pytest.mark.parametrize("tab, fields, field, message", [
     ("t2v", dict(size="100*100"), "size", "positive multiples of 16"),  # the CLI's parser
     ("t2v", dict(size="big"), "size", "--size must look like 1280*720"),
-    ("t2v", dict(frames=6), "frames", "`num_frames` must be 4k+1"),  # the pipeline's checks
+    ("t2v", dict(frames=6), "frames", "--frame_num must be 4k+1"),  # the CLI's torch-free checks
     ("t2v", dict(steps=0), "steps", "expected a positive integer"),
-    ("t2v", dict(shift=0.0), "shift", "`flow_shift` must be > 0"),
-    ("t2v", dict(guidance=float("nan")), "guidance", "`guidance_scale` must be a finite number"),
-    ("t2v", dict(prompt=""), "prompt", "--prompt --prompts is required"),
-    ("ti2v", dict(size="48*48", guidance_2=None), "size", "multiple of 32"),
+    ("t2v", dict(shift=0.0), "shift", "--sample_shift must be a finite number > 0"),
+    ("t2v", dict(guidance=float("nan")), "guidance", "--sample_guide_scale must be finite numbers >= 0"),
+    ("t2v", dict(prompt=""), "prompt", "--prompt TEXT (or --prompts FILE) is required"),
+    ("ti2v", dict(size="48*48", guidance_2=None), "size", "multiples of 32"),
     ("i2v", dict(), "image", "--task i2v-A14B needs --image"),
     ("s2v", dict(image="missing.png", audio="missing.wav"), "image", "--image 'missing.png': no such file"),
 ])
@@ -85,10 +86,10 @@ def test_speech_to_video_frames_per_clip_are_checked(tmp_path):
 
 
 def test_free_text_starting_with_a_dash_stays_a_value():
-    argv = command_line(TABS["t2v"], "tiny", _form(prompt="-- a cat --", guidance_2=None), -5, "o.mp4")
+    argv = command_line(TABS["t2v"], "tiny", _form(prompt="-- a cat --", guidance_2=None), 5, "o.mp4")
     request = check_request(TABS["t2v"], argv, parse_generate)
     assert request.ok, request.errors
-    assert (request.args.prompt, request.args.base_seed, request.args.sample_guide_scale) == ("-- a cat --", -5, [4.0])
+    assert (request.args.prompt, request.args.base_seed, request.args.sample_guide_scale) == ("-- a cat --", 5, [4.0])
 
 
 def test_error_messages_name_their_field():
@@ -108,6 +109,10 @@ def test_a_remote_host_needs_the_flag_and_warns(capsys, tmp_path):
     assert main(["ui", "--host", "0.0.0.0"]) == 2
     assert "--allow-remote" in capsys.readouterr().err
     # with the flag: the warning, then (here) the missing folder stops it before anything is served
+    # with the flag the host is accepted (here the missing folder is what stops it, before anything is served) ...
     assert main(["ui", "--host", "0.0.0.0", "--allow-remote", "--model", str(tmp_path / "none")]) == 2
     err = capsys.readouterr().err
-    assert "WARNING: serving on 0.0.0.0" in err and "is not a folder" in err
+    assert "is not a folder" in err and "--allow-remote" not in err
+    # ... and the page warns when it starts
+    assert "WARNING: serving on 0.0.0.0:7860" in check_host("0.0.0.0", 7860, allow_remote=True)
+    assert check_host("127.0.0.1", 7860, allow_remote=False) is None

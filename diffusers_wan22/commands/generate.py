@@ -1,9 +1,13 @@
-"""`wan22 generate`: one video (or a prompt file split across `accelerate` processes) from any model folder."""
+"""`wan22 generate`: one video (or a prompt file split across `accelerate` processes) from any model folder.
+
+The torch-free checks (`validate.validate_generate`, which also chose the resolution of an image-conditioned task)
+have run when `run` starts; what needs torch comes next, still before a weight is read: the device exists, the
+memory planner's verdict against the device's memory. Only then is the pipeline loaded.
+"""
 
 from __future__ import annotations
 
 import os
-import time
 from pathlib import Path
 
 import torch
@@ -12,12 +16,20 @@ from diffusers import DPMSolverMultistepScheduler, UniPCMultistepScheduler
 from PIL import Image
 
 from ..core.animate import source_folder_files
+from ..core.variants import get_variant
 from ..pipelines import (
-    Wan22AnimatePipeline, Wan22ImageToVideoPipeline, Wan22Pipeline, Wan22SpeechToVideoPipeline, load_pipeline,
+    Wan22AnimatePipeline,
+    Wan22ImageToVideoPipeline,
+    Wan22Pipeline,
+    Wan22SpeechToVideoPipeline,
+    load_pipeline,
 )
+from ..pipelines.checks import device_memory_bytes
+from ..utils.memory_specs import spec_from_pipeline
 from ..utils.video import save_video
 from .demo import report_steps
-from .validate import CliError, check_task_inputs, parse_lora, read_prompts, resolve_task
+from .errors import CliError
+from .validate import check_cli_memory, is_tiny, read_prompts
 
 DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
 
@@ -30,23 +42,79 @@ def pipeline_class(task: str, with_image: bool):
     return Wan22ImageToVideoPipeline if task == "i2v-A14B" or (task == "ti2v-5B" and with_image) else Wan22Pipeline
 
 
-def load_task_pipeline(model: str, task: str, with_image: bool, torch_dtype, **kwargs):
-    """The pipeline for ``task`` from ``tiny``, an official folder or a saved folder (re-wrapped if needed);
+def load_task_pipeline(model: str, task: str, with_image: bool, torch_dtype, lazy_experts: bool = False, **kwargs):
+    """The pipeline for ``task`` from ``tiny``, an official folder or a saved folder of either layout (re-wrapped
+    if needed). ``lazy_experts``: the A14B experts are not read now but one at a time at their first step;
     ``kwargs`` go to the loader (animate-14B: ``use_relighting_lora``)."""
     cls = pipeline_class(task, with_image)
-    source = f"tiny:{task}" if model == "tiny" or model.startswith("tiny:") else model
-    pipe = load_pipeline(source, torch_dtype, pipeline_cls=cls, **kwargs)
+    if lazy_experts:
+        kwargs["lazy_experts"] = True
+    if is_tiny(model):
+        pipe = load_pipeline(f"tiny:{task}", torch_dtype, pipeline_cls=cls)
+    else:
+        pipe = load_pipeline(model, torch_dtype, pipeline_cls=cls, **kwargs)
     if not isinstance(pipe, cls):  # e.g. a saved TI2V text pipeline used with --image
+        lazy_source = getattr(pipe, "lazy_source", None)
         pipe = cls(**pipe.components)
+        pipe.lazy_source = lazy_source
     return pipe
 
 
+# ------------------------------------------------------------------------------------------------ before loading
+def resolve_device(device: str | None, prompts: bool) -> torch.device:
+    """``--device`` (default: cuda if available; this process's device under `accelerate launch --prompts`),
+    refused with one line when this torch / machine does not have it."""
+    if device is None:
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+        if prompts:
+            device = _partial_state().device  # this process's device under `accelerate launch`
+    device = torch.device(device)
+    if device.type == "cpu":
+        return device
+    backend = getattr(torch, device.type, None)
+    if backend is None or not backend.is_available():
+        built = " (this torch is built without CUDA)" if device.type == "cuda" and torch.version.cuda is None else ""
+        raise CliError("--device", f"--device {device}: no {device.type} device is available{built}; use --device cpu")
+    count = backend.device_count() if hasattr(backend, "device_count") else 1
+    if device.index is not None and device.index >= count:
+        raise CliError("--device", f"--device {device}: there are {count} {device.type} device(s) (0..{count - 1})")
+    return device
+
+
+def accelerator_bytes(device: torch.device) -> float | None:
+    """Total memory of an accelerator device (``None`` on the CPU: host RAM is checked separately)."""
+    return None if device.type == "cpu" else device_memory_bytes(device)
+
+
+def describe_resolution(args, resolution: tuple[int, int] | None) -> str:
+    d = get_variant(args.task)
+    if resolution is None:
+        width, height = args.size or (d.width, d.height)
+        frames = args.frame_num or d.num_frames
+        plural = "s" * (frames != 1)
+        return f"Resolution: {width}x{height}, {frames} frame{plural} ({frames / d.fps:.1f} s at {d.fps} fps)"
+    area = "the default area" if args.size is None else f"the --size {args.size[0]}*{args.size[1]} area"
+    return f"Resolution: {resolution[0]}x{resolution[1]}: the image's aspect ratio within {area}"
+
+
+def check_before_loading(args, device: torch.device) -> tuple[int, int] | None:
+    """The check that needs torch but no weight (the memory planner against the device); prints the resolution
+    (chosen from the image for the image tasks, see `validate.image_resolution`) and the seed."""
+    if not args.no_memory_check and not getattr(args, "memory_checked", False):
+        check_cli_memory(args, accelerator_bytes(device), on_cpu=device.type == "cpu")
+    print(describe_resolution(args, args.resolution))
+    print(f"Seed: {args.base_seed}")
+    return args.resolution
+
+
+# ------------------------------------------------------------------------------------------------ placing
 def place_pipeline(pipe, args, device) -> None:
     text_encoder = pipe.text_encoder
     if args.t5_cpu:  # offload hooks must not adopt it: take it out of the pipeline while placing the rest
         pipe.text_encoder = None
     if args.memory_mode is not None:
-        pipe.enable_memory_mode(args.memory_mode, device=device)
+        extra = {"offload_to_disk_path": str(args.offload_dir)} if args.offload_dir is not None else {}
+        pipe.enable_memory_mode(args.memory_mode, device=device, **extra)
     elif args.offload_model:
         pipe.enable_model_cpu_offload(device=device)
     else:
@@ -72,69 +140,59 @@ def load_loras(pipe, loras: list[tuple[str, float, str]]) -> None:
 
 
 def run(args) -> int:
-    """`wan22 generate`: check every input, load the pipeline, place it, generate, write the mp4."""
-    guide = args.sample_guide_scale
-    if guide is not None and len(guide) > 2:
-        raise CliError(f"--sample_guide_scale takes one or two values; got {len(guide)}")
-    task = resolve_task(args.model, args.task)
-    check_task_inputs(task, args)
-    loras = [parse_lora(spec) for spec in args.lora]
-    prompts = read_prompts(args.prompts) if args.prompts is not None else None
-    if prompts is not None and args.image is not None:
-        raise CliError("--prompts runs text-to-video; drop --image")
-    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
-    if prompts is not None and args.device is None:
-        device = _partial_state().device  # this process's device under `accelerate launch`
+    """`wan22 generate`: check what needs torch, load the pipeline, place it, generate, write the mp4."""
+    device = resolve_device(args.device, prompts=args.prompts is not None)
+    resolution = check_before_loading(args, device)
+    lazy = args.memory_mode == "lazy_experts"
     extra = {"use_relighting_lora": True} if args.use_relighting_lora else {}
-    pipe = load_task_pipeline(args.model, task, args.image is not None, DTYPES[args.dtype], **extra)
+    pipe = load_task_pipeline(args.model, args.task, args.image is not None, DTYPES[args.dtype], lazy_experts=lazy,
+                              **extra)
+    if is_tiny(args.model) and not args.no_memory_check:  # its sizes come from the built (tiny) modules
+        check_cli_memory(args, accelerator_bytes(device), device.type == "cpu", spec=spec_from_pipeline(pipe))
     set_scheduler(pipe, args.sample_solver, args.sample_shift)
-    load_loras(pipe, loras)
+    load_loras(pipe, args.loras)
     place_pipeline(pipe, args, device)
     generator = torch.Generator(device="cpu").manual_seed(args.base_seed)
-    output = args.output or f"wan22_{time.strftime('%Y%m%d_%H%M%S')}.mp4"
-    if task == "s2v-14B":
-        return generate_s2v(pipe, args, generator, output)
-    if task == "animate-14B":
-        return generate_animate(pipe, args, generator, output)
-    kwargs = call_kwargs(args)
-    if prompts is not None:
-        return generate_prompts(pipe, prompts, args.output_dir, args.base_seed, negative_prompt=args.negative_prompt,
-                                **kwargs)
+    if args.task == "s2v-14B":
+        return generate_s2v(pipe, args, generator, resolution)
+    if args.task == "animate-14B":
+        return generate_animate(pipe, args, generator)
+    kwargs = call_kwargs(args, resolution)
+    if args.prompts is not None:
+        return generate_prompts(pipe, args.prompts, args.output_dir, args.base_seed,
+                                negative_prompt=args.negative_prompt, **kwargs)
     out = pipe(prompt=args.prompt, negative_prompt=args.negative_prompt, generator=generator, **kwargs)
-    report_steps(out.experts, out.timesteps)
-    print(f"Wrote {save_video(out.frames[0], output, fps=pipe.variant_defaults.fps)}")
+    report_steps(out.experts, out.timesteps, moe=pipe.is_moe)
+    print(f"Wrote {save_video(out.frames[0], args.output, fps=pipe.variant_defaults.fps)}")
     return 0
 
 
-def call_kwargs(args) -> dict:
-    """The pipeline call arguments of the text/image tasks (official meaning: for image-conditioned tasks
-    ``--size`` is the area budget, the shape follows the image)."""
+def call_kwargs(args, resolution: tuple[int, int] | None) -> dict:
+    """The pipeline call arguments of the text/image tasks; an image task gets the resolution chosen from its
+    image and the ``--size`` area (`validate.image_resolution`)."""
     guide = args.sample_guide_scale
     kwargs = dict(num_frames=args.frame_num, num_inference_steps=args.sample_steps, expert_steps=args.expert_steps)
     if guide:
         kwargs["guidance_scale"], kwargs["guidance_scale_2"] = guide[0], guide[-1]
-    width, height = args.size if args.size else (None, None)
+    width, height = resolution or args.size or (None, None)
     if args.image is not None:
         kwargs["image"] = Image.open(args.image)
-        if args.size is not None:
-            kwargs["max_area"], width, height = width * height, None, None
     return dict(kwargs, height=height, width=width)
 
 
-def generate_s2v(pipe, args, generator, output) -> int:
-    """Speech-to-video: the official ``--size`` is the area budget; the shape follows the reference image."""
+def generate_s2v(pipe, args, generator, resolution: tuple[int, int]) -> int:
+    """Speech-to-video at the resolution chosen from the reference image and the ``--size`` area."""
     guide = args.sample_guide_scale
     out = pipe(Image.open(args.image), str(args.audio), prompt=args.prompt, negative_prompt=args.negative_prompt,
-               max_area=None if args.size is None else args.size[0] * args.size[1], num_clips=args.num_clip,
-               infer_frames=args.infer_frames, num_inference_steps=args.sample_steps,
-               guidance_scale=guide[0] if guide else None, generator=generator,
+               width=resolution[0], height=resolution[1], num_clips=args.num_clip, infer_frames=args.infer_frames,
+               num_inference_steps=args.sample_steps, guidance_scale=guide[0] if guide else None, generator=generator,
                pose_video=None if args.pose_video is None else str(args.pose_video))
-    path = save_video(out.frames[0], output, fps=out.fps, audio=out.audio, sampling_rate=out.sampling_rate)
+    path = save_video(out.frames[0], args.output, fps=out.fps, audio=out.audio, sampling_rate=out.sampling_rate)
     print(f"Wrote {path} ({out.num_clips} clips, {out.frames.shape[1]} frames, audio muxed)")
     return 0
 
 
-def generate_animate(pipe, args, generator, output) -> int:
+def generate_animate(pipe, args, generator) -> int:
     """Animate-14B from the official preprocessing folder (official flags: ``--replace_flag``, ``--refert_num``,
     ``--frame_num`` = frames per clip); the video takes the pose video's size and length."""
     guide = args.sample_guide_scale
@@ -143,7 +201,7 @@ def generate_animate(pipe, args, generator, output) -> int:
                negative_prompt=args.negative_prompt, segment_frame_length=args.frame_num,
                prev_segment_conditioning_frames=args.refert_num or 1, num_inference_steps=args.sample_steps,
                guidance_scale=guide[0] if guide else None, generator=generator)
-    path = save_video(out.frames[0], output, fps=out.fps)
+    path = save_video(out.frames[0], args.output, fps=out.fps)
     print(f"Wrote {path} ({out.num_clips} clips, {len(out.frames[0])} frames)")
     return 0
 
@@ -157,12 +215,14 @@ def _partial_state():
     return PartialState(cpu=cpu)
 
 
-def generate_prompts(pipe, prompts: list[str], output_dir, base_seed: int, **call_kwargs) -> int:
-    """Generate ``prompts`` split across the `accelerate` processes (one process without `accelerate launch`).
+def generate_prompts(pipe, prompts_file, output_dir, base_seed: int, **call_kwargs) -> int:
+    """Generate the prompts of ``prompts_file`` split across the `accelerate` processes (one process without
+    `accelerate launch`).
 
     Prompt ``i`` is generated with seed ``base_seed + i`` and written to ``<output_dir>/<i>.mp4`` by the process that
     owns it, so every video is the same whatever the number of processes.
     """
+    prompts = read_prompts(prompts_file)
     state = _partial_state()
     with state.split_between_processes(list(enumerate(prompts))) as mine:
         for index, prompt in mine:

@@ -2,29 +2,24 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
-from ..core.folders import read_json_object
-from ..core.memory_planner import GB, SPECS, best_mode, plan_table, precision_fit_table
-from ..utils.memory_specs import spec_from_config
-from .validate import CliError
+from ..core.memory_planner import GB, best_mode, plan_table, precision_fit_table
+from .errors import CliError
+from .memory_check import folder_spec, variant_spec
 
 
-def _plan_spec(model: str):
-    if model.lower() in SPECS:
-        return SPECS[model.lower()]
-    config = Path(model) / "transformer" / "config.json"
-    if not config.exists():
-        raise CliError(f"--model {model!r}: expected 't2v-A14B', 'i2v-A14B', 's2v-14B', 'animate-14B' or a saved "
-                       "pipeline folder with transformer/config.json")
-    cfg = read_json_object(config)
-    return spec_from_config(cfg, moe=cfg.get("_class_name") == "WanMoETransformer3DModel")
+def plan_spec(model: str, task: str):
+    """The sizes of ``--model``: a variant name's real model, or a folder's config files (no weight read)."""
+    spec = variant_spec(model) or folder_spec(model, task)
+    if spec is None:
+        raise CliError("--model", f"--model {model!r}: cannot read the model's sizes from its config files (try "
+                                  "`wan22 info` on it)")
+    return spec
 
 
 def run(args) -> int:
     """`wan22 plan`: predicted peak accelerator memory and host RAM of every memory mode (or the precision table)."""
     width, height = args.size
-    spec = _plan_spec(args.model)
+    spec = plan_spec(args.model, args.task)
     kwargs = dict(weight_bytes=4 if args.dtype == "fp32" else 2, batched_cfg=args.batched_cfg)
     if args.precision_table:
         budgets = sorted({24.0, 40.0, args.budget_gb})
@@ -36,7 +31,8 @@ def run(args) -> int:
     if args.precision is not None:
         kwargs.update(precision=args.precision, scope=args.scope)
     label = args.dtype if args.precision is None else f"{'/'.join(dict.fromkeys(args.precision))} ({args.scope})"
-    print(f"{args.model}: {width}x{height}, {args.frame_num} frames, {label} (peaks, GB = 1e9 bytes)")
+    name = args.model if args.model.lower() == args.task.lower() else f"{args.model} ({args.task})"
+    print(f"{name}: {width}x{height}, {args.frame_num} frames, {label} (peaks, GB = 1e9 bytes)")
     print(plan_table(spec, height, width, args.frame_num, **kwargs))
     best = best_mode(spec, height, width, args.frame_num, args.budget_gb * GB, **kwargs)
     if best is None:

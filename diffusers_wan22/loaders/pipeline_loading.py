@@ -6,7 +6,12 @@
     into a `WanMoETransformer3DModel`;
   - Hub repo ids, downloaded with ``huggingface_hub.snapshot_download`` first (diffusers 0.42's own download step
     rejects third-party component libraries such as ours);
-  - ``lazy_experts=True``: the experts are not read now but at their first step, one at a time.
+  - ``lazy_experts=True``: the experts are not read now but at their first step, one at a time (our layout and the
+    stock one).
+
+Both accept diffusers' ``dtype=`` as well as ``torch_dtype=`` (which diffusers 0.42 deprecates). Every loaded
+pipeline records where its experts came from in ``pipe.lazy_source`` (``None`` for a dense model), so
+``enable_lazy_experts()`` / ``enable_memory_mode("lazy_experts")`` need no source argument.
 
 A pipeline class lists the official variants it runs in ``_variants``; loading another variant's folder is refused
 with the name of the class that runs it.
@@ -19,13 +24,21 @@ from pathlib import Path
 
 import huggingface_hub
 import torch
-from diffusers import DiffusionPipeline
+from accelerate import init_empty_weights
+from diffusers import DiffusionPipeline, WanTransformer3DModel
 
-from ..core.names import MODEL_INDEX
-from ..models.transformer_wan_moe import WanMoETransformer3DModel
-from .expert_sources import (has_plain_safetensors, meta_moe_from_folder, official_expert_sources,
-                             sources_from_folder)
 from ..core.folders import detect_official_variant, read_json_object
+from ..core.names import MODEL_INDEX
+from ..hooks.lazy_experts import retype_meta_parameters
+from ..models.transformer_wan_moe import WanMoETransformer3DModel
+from .expert_sources import (
+    SafetensorsExpertSource,
+    has_plain_safetensors,
+    meta_moe_from_folder,
+    official_expert_sources,
+    sources_from_folder,
+)
+from .file_io import SAFETENSORS_DTYPES, read_safetensors_folder
 from .official import load_official_components
 
 HUB_KWARGS = ("cache_dir", "force_download", "local_files_only", "revision", "token", "proxies")
@@ -76,6 +89,7 @@ class Wan22LoadingMixin:
             lazy_experts: read no expert now; each is read from the official folder at its first step and released
                 when the other runs (host RAM holds one expert). With ``prefetch_steps`` / ``prefetch_bytes``.
         """
+        torch_dtype = kwargs.pop("dtype", None) or torch_dtype  # diffusers' newer name
         expert_precision = kwargs.pop("expert_precision", None)
         lazy = kwargs.pop("lazy_experts", False)
         lazy_kwargs = {k: kwargs.pop(k) for k in LAZY_KWARGS if k in kwargs}
@@ -99,36 +113,61 @@ class Wan22LoadingMixin:
         lazy = kwargs.pop("lazy_experts", False)
         lazy_kwargs = {k: kwargs.pop(k) for k in LAZY_KWARGS if k in kwargs}
         folder, index = resolve_pipeline_folder(pretrained_model_name_or_path, kwargs)
+        dtype = kwargs.get("dtype", kwargs.get("torch_dtype"))
+        if lazy and "transformer" in kwargs:
+            raise ValueError("`lazy_experts=True` builds the transformer itself; do not pass `transformer`.")
         if "transformer_2" in index:
+            pipe = cls._from_stock_layout(folder, lazy=lazy, **kwargs)
+        else:
             if lazy:
-                raise ValueError("`lazy_experts=True` needs a folder written by our save_pretrained (both experts in "
-                                 "transformer/); convert the stock layout first with `wan22 convert`.")
-            return cls._from_stock_layout(folder, **kwargs)
+                kwargs["transformer"] = meta_moe_from_folder(folder / "transformer", dtype)
+            pipe = super().from_pretrained(folder, **kwargs)
+            moe = getattr(pipe, "transformer", None)
+            # the experts can be re-read lazily from plain safetensors only (not `.bin` / variant files)
+            readable = isinstance(moe, WanMoETransformer3DModel) and (
+                lazy or has_plain_safetensors(folder / "transformer"))
+            pipe.lazy_source = sources_from_folder(folder, moe.loaded_experts) if readable else None
         if lazy:
-            if "transformer" in kwargs:
-                raise ValueError("`lazy_experts=True` builds the transformer itself; do not pass `transformer`.")
-            kwargs["transformer"] = meta_moe_from_folder(folder / "transformer", kwargs.get("torch_dtype"))
-        pipe = super().from_pretrained(folder, **kwargs)
-        moe = getattr(pipe, "transformer", None)
-        # the experts can be re-read lazily from plain safetensors only (not `.bin` / variant files)
-        readable = isinstance(moe, WanMoETransformer3DModel) and (lazy or has_plain_safetensors(folder / "transformer"))
-        pipe.lazy_source = sources_from_folder(folder, moe.loaded_experts) if readable else None
-        if lazy:
+            if pipe.lazy_source is None:
+                raise ValueError(f"`lazy_experts=True` needs the A14B mixture of experts; {folder} holds one "
+                                 "transformer.")
             pipe.enable_lazy_experts(pipe.lazy_source, **lazy_kwargs)
         return pipe
 
     @classmethod
-    def _from_stock_layout(cls, folder: Path, **kwargs):
+    def _from_stock_layout(cls, folder: Path, lazy: bool = False, **kwargs):
         """A folder in the stock diffusers Wan 2.2 layout: diffusers' own pipeline loads it, we wrap its two
-        transformers into one `WanMoETransformer3DModel` (no copy)."""
+        transformers into one `WanMoETransformer3DModel` (no copy). With ``lazy`` the experts are built on ``meta``
+        and read from ``transformer/`` / ``transformer_2/`` at their first step."""
+        if lazy:
+            kwargs.update(transformer=None, transformer_2=None)
         stock = DiffusionPipeline.from_pretrained(folder, **kwargs)
-        transformer = stock.transformer
-        if stock.transformer_2 is not None:
+        experts = [stock.transformer, stock.transformer_2]
+        if lazy:
+            dtype = kwargs.get("dtype", kwargs.get("torch_dtype"))
+            experts = [meta_stock_expert(folder / name, dtype) for name in ("transformer", "transformer_2")]
+        transformer = experts[0]
+        if experts[1] is not None:
             transformer = WanMoETransformer3DModel.from_experts(
-                stock.transformer, stock.transformer_2, boundary_ratio=stock.config.boundary_ratio,
+                *experts, boundary_ratio=stock.config.boundary_ratio,
                 num_train_timesteps=stock.scheduler.config.num_train_timesteps,
             )
         pipe = cls(tokenizer=stock.tokenizer, text_encoder=stock.text_encoder, transformer=transformer,
                    vae=stock.vae, scheduler=stock.scheduler)
-        pipe.lazy_source = None
+        pipe.lazy_source = None if experts[1] is None else {
+            "high": SafetensorsExpertSource(folder / "transformer"),
+            "low": SafetensorsExpertSource(folder / "transformer_2")}
         return pipe
+
+
+def meta_stock_expert(folder: Path, dtype: torch.dtype | None) -> WanTransformer3DModel:
+    """A stock `WanTransformer3DModel` folder's model with every parameter on ``meta``, in the dtypes an eager
+    ``from_pretrained`` gives (``dtype`` except the ``_keep_in_fp32_modules``, or the stored dtypes)."""
+    with init_empty_weights():
+        expert = WanTransformer3DModel.from_config(WanTransformer3DModel.load_config(folder))
+    keep = tuple(WanTransformer3DModel._keep_in_fp32_modules or ())
+    stored = {} if dtype is not None else {
+        key: SAFETENSORS_DTYPES[stored_dtype] for key, (_, _, stored_dtype) in read_safetensors_folder(folder).items()}
+    retype_meta_parameters(expert, lambda name, p: stored.get(name, p.dtype) if dtype is None else (
+        torch.float32 if any(m in name.split(".") for m in keep) else dtype))
+    return expert.eval()

@@ -1,6 +1,8 @@
 """Argument checks shared by the Wan 2.2 pipelines, run before any model runs or large tensor is allocated.
 
-Each error is one line naming the parameter, the value given and what is accepted.
+Each error is one line naming the parameter, the value given and what is accepted. Besides the values themselves:
+the scheduler's shift (a NaN or negative shift would silently produce a black video) and the size of the call
+against the memory of the device it runs on (`check_fits_in_memory`, the memory planner's prediction).
 """
 
 from __future__ import annotations
@@ -9,7 +11,12 @@ import math
 
 import torch
 
+from ..core.machine import host_memory_bytes
+from ..core.memory_planner import GB, estimate_memory
+from ..utils.memory_specs import spec_from_pipeline
+
 OUTPUT_TYPES = ("np", "pil", "pt", "latent")
+SHIFT_KEYS = ("flow_shift", "shift")  # UniPC / DPM-Solver++ name it flow_shift, FlowMatchEuler shift
 
 
 def _is_number(value) -> bool:
@@ -57,12 +64,62 @@ def check_prompts(prompt, negative_prompt, prompt_embeds=None, negative_prompt_e
                              f"{tuple(negative_prompt_embeds.shape)} must have the same shape.")
 
 
+def check_scheduler_shift(scheduler) -> None:
+    """The scheduler's flow shift is a finite number > 0 (0, negative or NaN shifts give garbage timesteps)."""
+    config = getattr(scheduler, "config", {})
+    for key in SHIFT_KEYS:
+        value = config.get(key, None)
+        if value is not None and not (_is_number(value) and math.isfinite(value) and value > 0):
+            raise ValueError(f"The scheduler's `{key}` must be a finite number > 0; got {value!r} (e.g. "
+                             f"`{type(scheduler).__name__}.from_config(pipe.scheduler.config, {key}=5.0)`).")
+
+
+def device_memory_bytes(device: torch.device) -> float | None:
+    """Total memory of the device a call runs on: accelerator memory, or host RAM for the CPU (and unified memory)."""
+    backend = getattr(torch, device.type, None)
+    if device.type != "cpu" and hasattr(backend, "get_device_properties"):
+        return float(backend.get_device_properties(device.index or 0).total_memory)
+    return host_memory_bytes()
+
+
+def check_fits_in_memory(pipe, device: torch.device, height: int, width: int, num_frames: int, batch: int = 1,
+                         frames_name: str = "num_frames") -> None:
+    """Refuse a call whose activations alone exceed the total memory of ``device`` (where it runs). The memory
+    planner's peak for this size minus its peak for the smallest call, so the weights already loaded cancel out;
+    classifier-free guidance counted unbatched (the smaller case): only calls that cannot fit are refused."""
+    budget = device_memory_bytes(device)
+    if budget is None:
+        return
+    on_cpu = device.type == "cpu"
+    spec = spec_from_pipeline(pipe)
+    kwargs = dict(mode="none", weight_bytes=pipe.transformer_dtype.itemsize, batch=batch,
+                  execution="cpu" if on_cpu else "accelerator", vae_tiling=bool(getattr(pipe.vae, "use_tiling", 0)))
+
+    def peak(h: int, w: int, f: int) -> float:
+        est = estimate_memory(spec, h, w, f, **kwargs)
+        return est.host_bytes if on_cpu else est.accelerator_bytes
+
+    need = peak(height, width, num_frames) - peak(16, 16, 1)
+    if need > budget:
+        raise ValueError(f"`height`={height}, `width`={width}, `{frames_name}`={num_frames} (batch {batch}) needs "
+                         f"about {need / GB:.1f} GB for activations alone (memory planner), more than the "
+                         f"{budget / GB:.1f} GB of {device}; make the video smaller.")
+
+
+def prompt_batch(prompt, prompt_embeds, num_videos_per_prompt) -> int:
+    """Videos one call makes: prompts (or prompt-embedding rows) times ``num_videos_per_prompt``."""
+    prompts = prompt_embeds.shape[0] if prompt is None and prompt_embeds is not None else (
+        len(prompt) if isinstance(prompt, list) else 1)
+    return prompts * num_videos_per_prompt
+
+
 def check_common_inputs(pipe, *, prompt=None, negative_prompt=None, prompt_embeds=None, negative_prompt_embeds=None,
                         num_inference_steps: int = 1, guidance: tuple[float, ...] = (), num_videos_per_prompt: int = 1,
                         output_type: str = "np", callback_on_step_end_tensor_inputs=None, max_sequence_length: int = 512,
                         guidance_names: tuple[str, ...] = ("guidance_scale", "guidance_scale_2")) -> None:
     """The checks every pipeline shares: prompts, steps, guidance, batch, output type, callback tensor names."""
     check_prompts(prompt, negative_prompt, prompt_embeds, negative_prompt_embeds)
+    check_scheduler_shift(getattr(pipe, "scheduler", None))  # stand-ins for a pipeline (the UI) may have none
     check_int("num_inference_steps", num_inference_steps, 1, 1000)
     for name, value in zip(guidance_names, guidance):
         check_finite_number(name, value, 0.0)

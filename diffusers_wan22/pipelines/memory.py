@@ -74,6 +74,7 @@ class Wan22MemoryMixin:
         Args:
             source: a folder written by `save_pretrained` (pipeline or its ``transformer/``), or a dict
                 ``{"high": src, "low": src}`` of `SafetensorsExpertSource` / functions returning the expert.
+                Default: ``pipe.lazy_source``, the experts' files recorded by the loader.
             prefetch_steps: read the next expert in a background thread during the last ``prefetch_steps`` steps of
                 the current one (0 disables the prefetch: host RAM then never holds two experts).
             prefetch_bytes: read at most this many bytes ahead; the rest is read at the switch.
@@ -90,9 +91,12 @@ class Wan22MemoryMixin:
         if any(state not in (None, "layerwise") for state in quantized.values()):
             raise ValueError(f"Lazy experts re-read plain tensors and cannot hold torchao / GGUF experts "
                              f"({quantized}).")
+        if source is None:  # where the loader read the experts from (`from_official` / `from_pretrained` record it)
+            source = getattr(self, "lazy_source", None)
         if source is None:
             raise ValueError("`enable_lazy_experts` needs a source: a folder written by `save_pretrained` or a dict "
-                             "{'high': source, 'low': source}.")
+                             "{'high': source, 'low': source} (pipelines loaded with `from_official` / "
+                             "`from_pretrained` / `load_pipeline` know their own: `pipe.lazy_source`).")
         sources = source if isinstance(source, dict) else sources_from_folder(source)
         if device is None:
             device = "cpu" if offload_hooks(self) else (self.vae.device if self.vae is not None
@@ -256,7 +260,8 @@ class Wan22MemoryMixin:
           on the accelerator during denoising). Kept for comparison.
         * ``"expert_offload"``: `enable_model_cpu_offload` with the per-expert chain.
         * ``"group_offload"``: block-level group offload, one block per group (``offload_to_disk_path`` optional).
-        * ``"lazy_experts"``: `enable_lazy_experts(source)` plus the per-expert chain.
+        * ``"lazy_experts"``: `enable_lazy_experts(source)` plus the per-expert chain (``source`` defaults to
+          ``pipe.lazy_source``, where the loader read the experts from).
 
         ``vae_tiling`` (default: on for every offload mode) enables `AutoencoderKLWan` tiling and slicing so the
         decode never becomes the peak.

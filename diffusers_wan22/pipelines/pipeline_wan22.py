@@ -12,7 +12,7 @@ from transformers import AutoTokenizer, UMT5EncoderModel
 from ..hooks.precision import check_serializable
 from ..loaders.lora import Wan22LoraLoaderMixin
 from ..models.transformer_wan_moe import WanMoETransformer3DModel
-from .checks import check_moe_inputs, check_video_size
+from .checks import check_fits_in_memory, check_moe_inputs, check_video_size, prompt_batch
 from .pipeline_output import Wan22PipelineOutput
 from .pipeline_utils import Wan22BasePipeline
 
@@ -81,6 +81,8 @@ class Wan22VideoPipeline(Wan22LoraLoaderMixin, Wan22BasePipeline):
             raise ValueError("`latents` must be a 5-D tensor [B, C, F, H, W]; got "
                              f"{getattr(latents, 'shape', type(latents).__name__)}.")
         self._check_parallel_inputs(height, width, num_frames)  # context parallel: tokens split evenly
+        batch = prompt_batch(common.get("prompt"), common.get("prompt_embeds"), common["num_videos_per_prompt"])
+        check_fits_in_memory(self, self._execution_device, height, width, num_frames, batch)
 
     def set_expert_precision(self, high: str | None = None, low: str | None = None, scope: str = "all",
                              compute_dtype: torch.dtype | str | None = None) -> dict:

@@ -17,7 +17,7 @@ from ..loaders.lora import Wan22LoraLoaderMixin
 from ..models.transformer_wan_s2v import WanS2VTransformer3DModel
 from ..utils.audio import SAMPLING_RATE, AudioInput, bucket_features, load_audio, resample_features, wav2vec2_features
 from ..utils.image import s2v_image, s2v_pose_frames, s2v_size, to_pil
-from .checks import check_common_inputs, check_finite_number, check_int
+from .checks import check_common_inputs, check_finite_number, check_fits_in_memory, check_int
 from .pipeline_utils import Wan22BasePipeline
 
 logger = logging.get_logger(__name__)
@@ -253,7 +253,7 @@ class Wan22SpeechToVideoPipeline(Wan22LoraLoaderMixin, Wan22BasePipeline):
         if height is None:
             width, height = s2v_size(image.width, image.height, d.width * d.height if max_area is None else max_area)
         shape = self.clip_latent_shape(infer_frames, height, width)
-        self.check_clip_latents(latents, shape)
+        self.check_clip_call(latents, shape, height, width, infer_frames)
         device = self.begin_call((float(guidance_scale),) * 2, attention_kwargs, batched_cfg)
 
         # 2. Encode audio, prompts, reference image, pose and the (empty) motion context
@@ -307,11 +307,13 @@ class Wan22SpeechToVideoPipeline(Wan22LoraLoaderMixin, Wan22BasePipeline):
             raise ValueError(f"`latents` holds {len(latents)} tensors but {num_clips} clips will be generated.")
         return audio_embeds, num_clips
 
-    def check_clip_latents(self, latents, shape: tuple[int, ...]) -> None:
-        """Every given initial noise has this call's clip shape (before any model runs)."""
+    def check_clip_call(self, latents, shape: tuple[int, ...], height: int, width: int, infer_frames: int) -> None:
+        """Every given initial noise has this call's clip shape, and a clip of this size fits the device's memory
+        (before any model runs)."""
         given = latents if isinstance(latents, (list, tuple)) else [] if latents is None else [latents]
         for clip, noise in enumerate(given):
             self.check_clip_noise(clip, noise, shape)
+        check_fits_in_memory(self, self._execution_device, height, width, infer_frames, frames_name="infer_frames")
 
     # ------------------------------------------------------------------ clips
     def clip_latent_shape(self, infer_frames: int, height: int, width: int) -> tuple[int, ...]:

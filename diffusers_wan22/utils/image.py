@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
-import math
-
 import imageio.v2 as imageio
 import numpy as np
 import PIL.Image
 import torch
 import torch.nn.functional as F
+
+# The size rules are plain arithmetic (the command line checks them before torch is imported); re-exported here.
+from ..core.image_sizes import i2v_a14b_size, s2v_size, ti2v_best_output_size  # noqa: F401
 
 
 def to_pil(image) -> PIL.Image.Image:
@@ -38,45 +39,10 @@ def pil_to_unit_range(image: PIL.Image.Image) -> torch.Tensor:
     return array * 2 - 1
 
 
-def i2v_a14b_size(width: int, height: int, max_area: int, stride: int = 8, patch: int = 2) -> tuple[int, int]:
-    """I2V-A14B output (width, height): the image's aspect ratio within ``max_area`` pixels, multiples of 16.
-
-    Official rule: ``lat_h = round(sqrt(max_area * h/w) // stride // patch * patch)``, likewise ``lat_w`` with
-    ``w/h``; the output is the latent size times the stride.
-    """
-    aspect = height / width
-    lat_h = round(np.sqrt(max_area * aspect) // stride // patch * patch)
-    lat_w = round(np.sqrt(max_area / aspect) // stride // patch * patch)
-    if lat_h < patch or lat_w < patch:
-        raise ValueError(f"`max_area`={max_area} is too small for a {width}x{height} image.")
-    return lat_w * stride, lat_h * stride
-
-
 def i2v_a14b_image(image: PIL.Image.Image, width: int, height: int) -> torch.Tensor:
     """The official I2V-A14B first frame: [-1, 1] tensor bicubic-stretched (no crop) to (height, width)."""
     x = pil_to_unit_range(image)[None]
     return F.interpolate(x, size=(height, width), mode="bicubic")[0]
-
-
-def ti2v_best_output_size(width: int, height: int, max_area: int, multiple: int = 32) -> tuple[int, int]:
-    """TI2V-5B output (width, height): multiples of ``multiple`` within ``max_area``, aspect closest to the image's.
-
-    Two candidates — fit the width first, or the height first — and the one whose aspect ratio is closer wins.
-    """
-    ratio = width / height
-    ow = math.sqrt(max_area * ratio)
-    oh = max_area / ow
-    w1 = int(ow // multiple * multiple)
-    h1 = int(max_area / w1 // multiple * multiple)
-    h2 = int(oh // multiple * multiple)
-    w2 = int(max_area / h2 // multiple * multiple)
-    if min(w1, h1, w2, h2) <= 0:
-        raise ValueError(f"`max_area`={max_area} is too small for a {width}x{height} image (multiples of {multiple}).")
-
-    def distance(w, h):
-        return max(ratio / (w / h), (w / h) / ratio)
-
-    return (w1, h1) if distance(w1, h1) < distance(w2, h2) else (w2, h2)
 
 
 def ti2v_image(image: PIL.Image.Image, width: int, height: int) -> torch.Tensor:
@@ -85,32 +51,6 @@ def ti2v_image(image: PIL.Image.Image, width: int, height: int) -> torch.Tensor:
     resized = image.resize((round(image.width * scale), round(image.height * scale)), PIL.Image.LANCZOS)
     left, top = (resized.width - width) // 2, (resized.height - height) // 2
     return pil_to_unit_range(resized.crop((left, top, left + width, top + height)))
-
-
-def s2v_size(width: int, height: int, max_area: int, divisor: int = 64) -> tuple[int, int]:
-    """(width, height) for S2V: the reference image scaled down until its size, padded up to multiples of
-    ``divisor``, fits in ``max_area`` pixels (the official search over 100 scales from the area-filling one down)."""
-    if max_area < divisor * divisor:
-        raise ValueError(f"`max_area` must be at least {divisor}x{divisor}={divisor * divisor} pixels; got {max_area}.")
-    if height * width <= max_area:
-        lo, hi = 0.1, 1.0
-    else:
-        # Smallest scale worth trying: the one at which even maximal padding (divisor - 1 per side) fits.
-        d = divisor - 1
-        a, b, c = height * width, d * (height + width), d * d - max_area
-        lo, hi = (-b + math.sqrt(b * b - 2 * a * c)) / (2 * a), math.sqrt(max_area / (height * width))
-    for i in range(100):
-        scale = hi - (hi - lo) * i / 100
-        h = math.ceil(int(height * scale) / divisor) * divisor
-        w = math.ceil(int(width * scale) / divisor) * divisor
-        if h * w <= max_area:
-            return w, h
-    aspect = width / height
-    w = int((max_area * aspect) ** 0.5 // divisor * divisor)
-    h = int((max_area / aspect) ** 0.5 // divisor * divisor)
-    if w >= width or h >= height:
-        w, h = int(width // divisor * divisor), int(height // divisor * divisor)
-    return w, h
 
 
 def _short_side_resize(height: int, width: int, short: int) -> tuple[int, int]:
