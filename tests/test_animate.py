@@ -516,7 +516,7 @@ def test_cli_animate_usage_errors(capsys, args, message):
 @pytest.mark.parametrize("args, message", [
     (["--model", "tiny", "--task", "animate-14B"], "no tiny demo model"),
     (["--model", "tiny", "--prompt", "x", "--replace_flag"], "--replace_flag is for animate-14B only"),
-    (["--model", "tiny"], "one of the arguments --prompt --prompts is required"),
+    (["--model", "tiny"], "--prompt TEXT (or --prompts FILE) is required"),
 ])
 def test_cli_animate_flags_elsewhere_are_refused(capsys, args, message):
     from diffusers_wan22.cli import main

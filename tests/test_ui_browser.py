@@ -168,11 +168,11 @@ def test_a_bad_size_shows_an_inline_error_and_starts_nothing(page, server):
     fill(page, "t2v-size", "100*100")
     page.click("#t2v-run")
     assert "--size 100*100: width and height must be positive multiples of 16" in error_text(page, "t2v", "size")
-    # a pipeline check (frames 4k+1), shown next to its own field
+    # another check (frames 4k+1), shown next to its own field
     fill(page, "t2v-size", "32*32")
     fill(page, "t2v-frames", 6)
     page.click("#t2v-run")
-    assert "`num_frames` must be 4k+1" in error_text(page, "t2v", "frames")
+    assert "--frame_num must be 4k+1" in error_text(page, "t2v", "frames")
     assert not page.locator("#t2v-size-error").is_visible()  # the size is fine now: its error is gone
     time.sleep(1.0)
     assert page.inner_text("#t2v-progress").strip() == "", "a refused request must not start a run"
