@@ -41,6 +41,7 @@ class Job:
     steps_total: int = 0  # steps finished over all clips
     clip: int | None = None
     expert: str | None = None
+    ran: list[str] = field(default_factory=list)  # the expert of every finished step, in order (all clips)
     started: float = field(default_factory=time.perf_counter)
     seconds: float = 0.0
     path: Path | None = None
@@ -60,6 +61,7 @@ class Job:
         and turn a Cancel into the pipeline's interrupt."""
         self.step, self.steps_total = i + 1, self.steps_total + 1
         self.expert, self.clip = pipe.current_expert, getattr(pipe, "current_clip", None)
+        self.ran.append(self.expert)
         if self.step == self.num_steps and not self.tab.clips:
             self.state = DECODING
         if self.cancel_requested.is_set():
@@ -84,8 +86,17 @@ class Job:
             return f"Cancelled after {self.steps_total} step(s); nothing was written."
         if self.state == FAILED:
             return f"Failed: {self.error}"
-        return (f"Done in {self.seconds:.1f} s: {self.frames} frames, {self.size[0]}x{self.size[1]}"
-                + (f", {self.num_clips} clip(s)" if self.tab.clips else "") + f" → {self.path}")
+        return (f"Done in {self.seconds:.1f} s ({self.steps_by_expert()}): {self.frames} frames, "
+                f"{self.size[0]}x{self.size[1]}" + (f", {self.num_clips} clip(s)" if self.tab.clips else "")
+                + f" → {self.path}")
+
+    def steps_by_expert(self) -> str:
+        """How many steps each network ran, in the order they ran: e.g. "9 steps high-noise expert, 3 steps
+        low-noise expert". Counted from the run itself, so a fast run whose live lines went by unseen still shows
+        where the switch fell."""
+        moe = self.schedule.boundary is not None
+        counts = {expert: self.ran.count(expert) for expert in dict.fromkeys(self.ran)}
+        return ", ".join(f"{n} step{'s' if n != 1 else ''} {expert_name(e, moe)}" for e, n in counts.items())
 
 
 class Runner:
