@@ -1,0 +1,348 @@
+"""TurboWan2.2-I2V-A14B (TurboDiffusion) against TurboDiffusion's own CPU runs (`tests/fixtures/turbo`).
+
+Tolerances (`assert_close_rel`: max|ours - ref| <= rel * max|ref|):
+* float32 experts (SLA, padded-variance norms): every DiT call and whole runs 1e-4;
+* W8A8 experts: 3e-2 — int8 activation rounding amplifies float32 noise (a 1e-6 relative change of an input moves
+  the output by ~1e-2, fixtures README), measured here ~3e-3;
+* sampler, text context, uint8 resize: bit for bit;
+* bf16 VAE: bit for bit with the golden machine's oneDNN kernels (subprocess with ``ONEDNN_MAX_CPU_ISA``), else
+  within one bf16 ulp.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import PIL.Image
+import pytest
+import torch
+import torch.nn.functional as F
+
+from conftest import assert_close_rel
+from turbo_support import (
+    COMPONENTS_DIR, FIXTURES, TURBO_DIR, VARIANTS, golden, run_from_image, sample, text_context, turbo_transformer,
+)
+
+from diffusers_wan22.conversion.official import load_official_tokenizer
+from diffusers_wan22.loaders.turbo import (
+    find_turbo_files, load_turbo_expert, load_turbo_text_encoder, load_turbo_transformer, load_turbo_vae,
+    turbo_file_name,
+)
+from diffusers_wan22.models.attention_sla import (
+    SLAAttnProcessor, check_sla_selects_blocks, sla_block_map, sparse_block_attention, sparse_linear_attention,
+)
+from diffusers_wan22.models.transformer_wan_turbo import TurboWanMoETransformer3DModel
+from diffusers_wan22.models.turbo_numerics import PaddedVarianceLayerNorm, next_power_of_2
+from diffusers_wan22.pipelines.turbo import turbo_image_condition
+from diffusers_wan22.quantizers.w8a8 import W8A8Linear, quantize_blocks, set_w8a8_mode, w8a8_matmul
+from diffusers_wan22.scheduling import plan_experts
+from diffusers_wan22.schedulers.scheduling_rcm import RCMScheduler
+from diffusers_wan22.utils.turbo_image import (
+    pil_to_uint8, turbo_adaptive_size, turbo_first_frame, turbo_fixed_size, turbo_resize_uint8,
+)
+
+FP32_REL = 1e-4
+W8A8_REL = 3e-2
+BF16_ULP_REL = 2.0 ** -7  # one bf16 ulp at the largest value (8 significant bits)
+
+
+def _rel(meta: dict) -> float:
+    return W8A8_REL if meta["quant_linear"] else FP32_REL
+
+
+def _padded_context(g: dict) -> torch.Tensor:
+    """TurboDiffusion's DiT context: the prompt rows, zero rows up to 512, as float32."""
+    context = g["text/context"].float()
+    return F.pad(context, (0, 0, 0, 512 - context.shape[1]))
+
+
+# ----------------------------------------------------------------------------------------------- DiT calls
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_every_dit_call_matches_turbodiffusion(variant):
+    meta, g = golden(variant)
+    transformer = turbo_transformer(meta)
+    for step, info in enumerate(meta["steps"]):
+        timestep = g[f"dit/step{step}/timestep"].flatten()
+        assert transformer.expert_for_timestep(timestep) == info["expert"]
+        model_input = torch.cat([g[f"dit/step{step}/x"], g["y"].float()], dim=1)
+        with torch.no_grad():
+            v = transformer(model_input, timestep, _padded_context(g), return_dict=False)[0]
+        assert_close_rel(v, g[f"dit/step{step}/v"], _rel(meta), f"{variant} DiT call {step} ({info['expert']})")
+
+
+def test_w8a8_compute_paths_agree_and_the_dequantizing_fallback_is_not_w8a8():
+    """torch._int_mm and the float reference give the same numbers; the W8A16-style fallback is further away."""
+    meta, g = golden("fp32_sla_quant_ode")
+    transformer = turbo_transformer(meta)
+    model_input = torch.cat([g["dit/step0/x"], g["y"].float()], dim=1)
+    outs = {}
+    for mode in ("int_mm", "reference", "dequantize"):
+        set_w8a8_mode(transformer, mode)
+        with torch.no_grad():
+            outs[mode] = transformer(model_input, g["dit/step0/timestep"].flatten(), _padded_context(g),
+                                     return_dict=False)[0]
+    assert torch.equal(outs["int_mm"], outs["reference"])
+    ref = g["dit/step0/v"]
+    assert (outs["dequantize"] - ref).abs().mean() > 2 * (outs["reference"] - ref).abs().mean()
+
+
+# ----------------------------------------------------------------------------------------------- sampler
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_rcm_scheduler_reproduces_the_sampler_trajectory(variant):
+    """Given TurboDiffusion's velocities, every DiT input, timestep, noise draw and the final latent are bit-exact."""
+    meta, g = golden(variant)
+    scheduler = RCMScheduler(sigma_max=meta["sigma_max"], sampler="ode" if meta["ode"] else "sde")
+    scheduler.set_timesteps(meta["num_steps"])
+    assert scheduler.sigmas.tolist() == meta["timesteps"]["rf"]
+    assert plan_experts(scheduler.timesteps, 0.9 * 1000) == meta["experts"]
+    generator = torch.Generator().manual_seed(meta["seed"])
+    noise = torch.randn(g["noise/init"].shape, generator=generator)
+    assert torch.equal(noise, g["noise/init"])
+    x = scheduler.scale_initial_noise(noise)
+    for step, t in enumerate(scheduler.timesteps):
+        assert torch.equal(t.view(1, 1), g[f"dit/step{step}/timestep"])
+        assert torch.equal(x.float(), g[f"dit/step{step}/x"]), f"step {step} input"
+        x = scheduler.step(g[f"dit/step{step}/v"], t, x, generator=generator).prev_sample
+        assert x.dtype == torch.float64
+    assert torch.equal(x.float(), g["latent/final"])
+    if not meta["ode"]:  # the generator advanced by exactly the draws TurboDiffusion made
+        after = torch.Generator().manual_seed(meta["seed"])
+        for name in ["noise/init"] + [f"noise/sde_step{i}" for i in range(meta["num_steps"])]:
+            assert torch.equal(torch.randn(g[name].shape, generator=after), g[name])
+        assert torch.equal(after.get_state(), generator.get_state())
+
+
+def test_rcm_scheduler_config_and_errors():
+    scheduler = RCMScheduler()
+    assert (scheduler.config.sampler, scheduler.config.sigma_max) == ("sde", 200.0)
+    ode = RCMScheduler.from_config(scheduler.config, sampler="ode")
+    assert ode.config.sampler == "ode" and ode.config.sigma_max == 200.0
+    ode.set_timesteps(2)
+    assert ode.sigmas.tolist()[-1] == 0.0 and len(ode.timesteps) == 2
+    for bad in (0, 5):
+        with pytest.raises(ValueError, match="num_inference_steps"):
+            scheduler.set_timesteps(bad)
+    with pytest.raises(ValueError, match="sampler"):
+        RCMScheduler(sampler="euler")
+    with pytest.raises(RuntimeError, match="set_timesteps"):
+        scheduler.step(torch.zeros(1), 1.0, torch.zeros(1))
+
+
+# ----------------------------------------------------------------------------------------------- whole runs
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_whole_run_from_the_recorded_condition_and_seed(variant):
+    """Seed -> noise -> 4 rCM steps over both experts, given TurboDiffusion's context and image condition."""
+    meta, g = golden(variant)
+    final = sample(turbo_transformer(meta), meta, _padded_context(g), g["y"], torch.Generator().manual_seed(0))
+    assert_close_rel(final, g["latent/final"], _rel(meta), f"{variant} final latents from golden context + y")
+
+
+def test_text_context_and_resized_image_are_bit_exact():
+    tokenizer = load_official_tokenizer(COMPONENTS_DIR / "google" / "umt5-xxl")
+    text_encoder = load_turbo_text_encoder(COMPONENTS_DIR / "models_t5_umt5-xxl-enc-bf16.pth")
+    for variant in VARIANTS:
+        meta, g = golden(variant)
+        context = text_context(tokenizer, text_encoder, meta["prompt"])
+        n = meta["num_tokens"]
+        assert context.dtype == torch.bfloat16 and torch.equal(context[:, :n], g["text/context"]), variant
+        assert not context[:, n:].any()
+        height, width = meta["sizes"]["video_hw"]
+        image = pil_to_uint8(PIL.Image.open(FIXTURES / variant / "image.png"))
+        assert torch.equal(turbo_resize_uint8(image, width, height), g["image/resized_uint8"]), variant
+
+
+def test_vae_condition_within_one_bf16_ulp_on_any_cpu():
+    vae = load_turbo_vae(COMPONENTS_DIR / "Wan2.1_VAE.pth")
+    for variant in VARIANTS:
+        meta, g = golden(variant)
+        y = turbo_image_condition(vae, turbo_first_frame(g["image/resized_uint8"]), meta["sizes"]["num_frames"])
+        assert y.dtype == torch.bfloat16
+        assert_close_rel(y, g["y"], BF16_ULP_REL, f"{variant} condition y, bf16 VAE (this CPU's oneDNN kernels)")
+
+
+def test_vae_and_whole_run_from_image_prompt_seed_with_the_golden_cpu_kernels(tmp_path):
+    """With oneDNN capped to the golden machine's AVX512 kernels the bf16 VAE decode is bit-exact, and so is the
+    304x256 run's condition, so its whole ODE run from image + prompt + seed lands within 1e-4 of TurboDiffusion's."""
+    out = tmp_path / "runs.pt"
+    env = dict(os.environ, ONEDNN_MAX_CPU_ISA="AVX512_CORE")
+    env["PYTHONPATH"] = os.pathsep.join([str(Path(__file__).parent), env.get("PYTHONPATH", "")])
+    variants = ["fp32_sla_ode", "fp32_sla_sde"]  # the two image sizes (the quant run shares the SDE one's)
+    proc = subprocess.run([sys.executable, str(Path(__file__).parent / "_turbo_worker.py"), str(out), variants[0],
+                           *variants], env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    results = torch.load(out, weights_only=True)
+    for variant in variants:
+        meta, g = golden(variant)
+        assert_close_rel(results[variant]["video"], g["video"], 0.0, f"{variant} bf16 VAE decode (AVX512 kernels)")
+        assert_close_rel(results[variant]["condition"], g["y"], BF16_ULP_REL, f"{variant} condition (AVX512 kernels)")
+    meta, g = golden(variants[0])
+    run = results["full_run"]
+    assert torch.equal(run["resized"], g["image/resized_uint8"]) and torch.equal(run["condition"], g["y"])
+    assert_close_rel(run["final"], g["latent/final"], FP32_REL, f"{variants[0]} final latents from image+prompt+seed")
+
+
+# ----------------------------------------------------------------------------------------------- SLA
+def _qkv(length: int, heads: int = 2, dim: int = 32, seed: int = 0):
+    gen = torch.Generator().manual_seed(seed)
+    return [torch.randn(1, heads, length, dim, generator=gen) for _ in range(3)]
+
+
+def test_sla_sparse_branch_with_every_block_kept_is_dense_attention():
+    q, k, v = _qkv(200)  # 200 = 3 full 64-key blocks + a partial one: the padding rows must be masked
+    lut = sla_block_map(q, k, topk=1.0)
+    assert lut.shape == (1, 2, 2, 4)
+    dense = F.scaled_dot_product_attention(q, k, v)
+    assert_close_rel(sparse_block_attention(q, k, v, lut), dense, 1e-5, "SLA sparse branch, all blocks kept")
+
+
+def test_sla_keeps_the_best_pooled_key_blocks():
+    q, k, v = _qkv(256)
+    k[:, :, 128:192] += 3 * q[:, :, :128].mean(dim=2, keepdim=True)  # key block 2 aligned with query block 0
+    lut = sla_block_map(q, k, topk=0.25)  # 1 of 4 blocks
+    assert lut[0, :, 0, 0].tolist() == [2, 2]
+
+
+def test_sla_refuses_zero_selected_blocks_instead_of_nan():
+    q, k, v = _qkv(224)
+    proj = torch.nn.Linear(32, 32)
+    with pytest.raises(ValueError, match=r"sla_topk=0.1 keeps 0 of 4 key blocks for 224 tokens.*at least 577"):
+        sparse_linear_attention(q, k, v, proj, topk=0.1)
+    check_sla_selects_blocks(577, 0.1)
+    out = sparse_linear_attention(*_qkv(577), proj, topk=0.1)
+    assert torch.isfinite(out).all()
+    with pytest.raises(ValueError, match="topk"):
+        SLAAttnProcessor(32, topk=0.0)
+
+
+# ----------------------------------------------------------------------------------------------- W8A8
+def test_w8a8_block_quantization_follows_the_published_scheme():
+    x = torch.randn(300, 200) * torch.linspace(0.01, 10, 200)
+    x[128:256, 128:] = 0.0  # an all-zero tile: scale floor 1e-8 / 128, values 0
+    q, s = quantize_blocks(x)
+    assert q.dtype == torch.int8 and s.shape == (3, 2) and s.dtype == torch.float32
+    tiles = F.pad(x, (0, 56, 0, 84)).view(3, 128, 2, 128)
+    amax = tiles.abs().amax(dim=(1, 3)).clamp_min(1e-8)
+    assert torch.equal(s, amax / 128)
+    expected = torch.round(tiles * (128.0 / amax)[:, None, :, None]).clamp(-128, 127).view(384, 256)[:300, :200]
+    assert torch.equal(q, expected.to(torch.int8))
+    assert q.abs().max() == 127  # the absmax element saturates at 127
+    halves = quantize_blocks(torch.tensor([[0.5, 1.5, 2.5, -3.5, 128.0]]))[0]  # amax 128: x * 1, ties to even
+    assert halves.tolist() == [[0, 2, 2, -4, 127]]
+
+
+def test_w8a8_linear_paths_dtypes_and_accuracy():
+    torch.manual_seed(0)
+    linear = torch.nn.Linear(320, 200)
+    layer = W8A8Linear.from_linear(linear, mode="int_mm")
+    x = torch.randn(3, 70, 320)
+    exact = layer(x)
+    layer.mode = "reference"
+    assert torch.equal(layer(x), exact)
+    assert_close_rel(exact, linear(x).detach(), 2e-2, "W8A8 linear vs float linear (random weights)")
+    xq, xs = quantize_blocks(x.reshape(-1, 320))  # by hand: int block sums times both scales, K blocks in order
+    by_hand = sum((xq[:, j * 128:(j + 1) * 128].double() @ layer.int8_weight[:, j * 128:(j + 1) * 128].double().t())
+                  * (xs.repeat_interleave(128, 0)[:210, j, None] * layer.scale.repeat_interleave(128, 0)[:200, j])
+                  for j in range(3))
+    assert_close_rel(w8a8_matmul(x.reshape(-1, 320), layer.int8_weight, layer.scale, False), by_hand, 1e-6,
+                     "W8A8 GEMM vs int32 block sums")
+    layer.to(torch.bfloat16)
+    assert layer.scale.dtype == torch.float32 and layer.int8_weight.dtype == torch.int8
+    assert layer.bias.dtype == torch.bfloat16 and layer(x.bfloat16()).dtype == torch.bfloat16
+
+
+# ----------------------------------------------------------------------------------------------- block norms
+@pytest.mark.parametrize("dim", [48, 64, 5120])
+def test_padded_variance_layer_norm(dim):
+    x = torch.randn(4, 7, dim) + 0.5
+    norm = PaddedVarianceLayerNorm(dim, eps=1e-6, elementwise_affine=False)
+    lanes = F.pad(x, (0, next_power_of_2(dim) - dim))  # TurboDiffusion's kernel: zero lanes up to N2
+    mean = x.mean(-1, keepdim=True)
+    var = ((lanes - mean) ** 2).sum(-1, keepdim=True) / dim
+    assert_close_rel(norm(x), (x - mean) / torch.sqrt(var + 1e-6), 1e-5, f"padded LayerNorm dim {dim}")
+    if dim == 64:  # a power of two: the textbook LayerNorm
+        assert_close_rel(norm(x), F.layer_norm(x, (dim,), eps=1e-6), 1e-5, "padded LayerNorm, power-of-two dim")
+
+
+# ----------------------------------------------------------------------------------------------- loading
+def _save_modified(tmp_path: Path, name: str, edit) -> Path:
+    state = torch.load(TURBO_DIR / turbo_file_name("high", False), weights_only=True)
+    edit(state)
+    path = tmp_path / name
+    torch.save(state, path)
+    return path
+
+
+def test_loader_maps_every_tensor_and_builds_the_moe():
+    moe = load_turbo_transformer(TURBO_DIR, quantized=True, sla_topk=0.25)
+    assert isinstance(moe, TurboWanMoETransformer3DModel) and moe.config.boundary_ratio == 0.9
+    expert = moe.high_noise_expert
+    assert expert.patch_embedding.weight.shape == (128, 36, 1, 2, 2)
+    assert isinstance(expert.blocks[0].attn1.to_q, W8A8Linear) and isinstance(expert.blocks[0].ffn.net[2], W8A8Linear)
+    assert isinstance(expert.blocks[0].attn1.processor, SLAAttnProcessor)
+    state = torch.load(TURBO_DIR / turbo_file_name("high", True), weights_only=True)
+    assert torch.equal(expert.blocks[0].attn1.processor.proj_l.weight,
+                       state["blocks.0.self_attn.attn_op.local_attn.proj_l.weight"])
+    assert torch.equal(expert.blocks[0].attn2.to_out[0].int8_weight, state["blocks.0.cross_attn.o.int8_weight"])
+    dense = load_turbo_expert(TURBO_DIR / turbo_file_name("low", False), sla_topk=None, torch_dtype=torch.bfloat16)
+    assert dense.dtype == torch.bfloat16 and dense.condition_embedder.time_embedder.linear_1.weight.dtype == torch.float32
+    assert not any("proj_l" in k for k in dense.state_dict())
+
+
+def test_loader_errors_name_the_file_and_the_fix(tmp_path):
+    with pytest.raises(ValueError, match="not a W8A8 .*pass quantized=False"):
+        load_turbo_expert(TURBO_DIR / turbo_file_name("high", False), quantized=True)
+    with pytest.raises(ValueError, match="-quant checkpoint.*pass quantized=True"):
+        load_turbo_expert(TURBO_DIR / turbo_file_name("high", True), quantized=False)
+    t2v = _save_modified(tmp_path, "t2v.pth", lambda s: s.update(
+        {"patch_embedding.weight": s["patch_embedding.weight"][:, :64].contiguous()}))
+    with pytest.raises(ValueError, match="t2v.pth: is a text-to-video"):
+        load_turbo_expert(t2v)
+    no_sla = _save_modified(tmp_path, "no_sla.pth", lambda s: [s.pop(k) for k in list(s) if "proj_l" in k])
+    with pytest.raises(ValueError, match="no SLA weights.*sla_topk=None"):
+        load_turbo_expert(no_sla)
+    with pytest.raises(ValueError, match="head size is taken as Wan's 128, which does not divide the model width 48"):
+        load_turbo_expert(no_sla, sla_topk=None)  # without proj_l the tiny model's head size cannot be known
+    official = _save_modified(tmp_path, "official.pth", lambda s: s.update(
+        {"patch_embedding.weight": s["patch_embedding.weight"].reshape(48, 36, 1, 2, 2)}))
+    with pytest.raises(ValueError, match="official Wan checkpoint"):
+        load_turbo_expert(official)
+    short = _save_modified(tmp_path, "short.pth", lambda s: s.update({"blocks.1.ffn.2.weight": s["blocks.1.ffn.2.weight"][:, :5]}))
+    with pytest.raises(ValueError, match=r"short.pth \[blocks.1.ffn.net.2.weight\].*shape \(48, 5\)"):
+        load_turbo_expert(short)
+    for bad in (0.0, 1.5, "0.1"):
+        with pytest.raises(ValueError, match="sla_topk"):
+            load_turbo_transformer(TURBO_DIR, sla_topk=bad)
+    (tmp_path / "only_quant").mkdir()
+    for e in ("high", "low"):
+        (tmp_path / "only_quant" / turbo_file_name(e, True)).symlink_to(TURBO_DIR / turbo_file_name(e, True))
+    with pytest.raises(FileNotFoundError, match="missing .*pass quantized=True"):
+        find_turbo_files(tmp_path / "only_quant", quantized=False)
+
+
+def test_turbo_moe_saves_and_loads_with_diffusers(tmp_path):
+    meta, g = golden("fp32_sla_quant_ode")
+    moe = turbo_transformer(meta)
+    moe.save_pretrained(tmp_path / "transformer")
+    loaded = TurboWanMoETransformer3DModel.from_pretrained(tmp_path / "transformer")
+    assert loaded.config.w8a8 and loaded.config.sla_topk == 0.25 and loaded.config.boundary_ratio == 0.9
+    assert loaded.high_noise_expert.blocks[0].attn1.to_q.int8_weight.dtype == torch.int8
+    model_input = torch.cat([g["dit/step2/x"], g["y"].float()], dim=1)
+    with torch.no_grad():
+        a = moe(model_input, g["dit/step2/timestep"].flatten(), _padded_context(g), return_dict=False)[0]
+        b = loaded(model_input, g["dit/step2/timestep"].flatten(), _padded_context(g), return_dict=False)[0]
+    assert torch.equal(a, b)
+
+
+# ----------------------------------------------------------------------------------------------- sizes
+def test_turbo_output_sizes():
+    assert turbo_fixed_size("720p", "16:9") == (1280, 720) and turbo_fixed_size("480p", "9:16") == (480, 832)
+    # area 1280*720, image 4:3 -> sqrt(921600 * 4/3) = 1108.5 -> 69.28 * 16 = 1104; height 831.4 -> 52 * 16 = 832
+    assert turbo_adaptive_size(400, 300, 1280 * 720) == (1104, 832)
+    # sides of exactly 8.5 and 9.5 strides round half to even: 8 and 10 strides
+    assert turbo_adaptive_size(1000, 1000, 136 * 136) == (128, 128)
+    assert turbo_adaptive_size(1000, 1000, 152 * 152) == (160, 160)
+    with pytest.raises(ValueError, match="aspect_ratio"):
+        turbo_fixed_size("720p", "2:1")
