@@ -37,6 +37,7 @@ from diffusers_wan22.models.attention_sla import (
 from diffusers_wan22.models.transformer_wan_turbo import TurboWanMoETransformer3DModel
 from diffusers_wan22.models.turbo_numerics import PaddedVarianceLayerNorm, next_power_of_2
 from diffusers_wan22.pipelines.turbo import turbo_image_condition
+from diffusers_wan22.quantizers import w8a8
 from diffusers_wan22.quantizers.w8a8 import W8A8Linear, quantize_blocks, set_w8a8_mode, w8a8_matmul
 from diffusers_wan22.scheduling import plan_experts
 from diffusers_wan22.schedulers.scheduling_rcm import RCMScheduler
@@ -233,7 +234,7 @@ def test_w8a8_block_quantization_follows_the_published_scheme():
     assert halves.tolist() == [[0, 2, 2, -4, 127]]
 
 
-def test_w8a8_linear_paths_dtypes_and_accuracy():
+def test_w8a8_linear_paths_dtypes_and_accuracy(monkeypatch):
     torch.manual_seed(0)
     linear = torch.nn.Linear(320, 200)
     layer = W8A8Linear.from_linear(linear, mode="int_mm")
@@ -248,6 +249,8 @@ def test_w8a8_linear_paths_dtypes_and_accuracy():
                   for j in range(3))
     assert_close_rel(w8a8_matmul(x.reshape(-1, 320), layer.int8_weight, layer.scale, False), by_hand, 1e-6,
                      "W8A8 GEMM vs int32 block sums")
+    monkeypatch.setattr(w8a8, "_CHUNK_ELEMENTS", 128 * 200)  # 128-row chunks: tiles never straddle a chunk
+    assert torch.equal(layer(x), exact)
     layer.to(torch.bfloat16)
     assert layer.scale.dtype == torch.float32 and layer.int8_weight.dtype == torch.int8
     assert layer.bias.dtype == torch.bfloat16 and layer(x.bfloat16()).dtype == torch.bfloat16

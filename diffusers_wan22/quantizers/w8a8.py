@@ -27,6 +27,7 @@ import torch.nn.functional as F
 
 BLOCK = 128  # TurboDiffusion's quantization tile (rows and columns) and GEMM K block
 W8A8_MODES = ("auto", "int_mm", "reference", "dequantize")
+_CHUNK_ELEMENTS = 1 << 26  # output elements per row chunk of `w8a8_matmul` (float32: 256 MB)
 
 
 # ----------------------------------------------------------------------------------------------- private torch names
@@ -66,27 +67,45 @@ def quantize_blocks(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     return q.view(padded.shape)[:rows, :cols], amax / 128.0
 
 
-def _block_sums(xq: torch.Tensor, wq: torch.Tensor, j: int, use_int_mm: bool) -> torch.Tensor:
-    """Exact int8 dot products over K block ``j``: ``[M, N]`` as float32 (integers below 2**21, exact)."""
-    xs, ws = xq[:, j * BLOCK:(j + 1) * BLOCK], wq[:, j * BLOCK:(j + 1) * BLOCK]
+def _k_blocks(q: torch.Tensor) -> torch.Tensor:
+    """``[R, K]`` int8 -> ``[KB, R, 128]`` contiguous K blocks (zero-padded: zeros add nothing to the sums)."""
+    rows, k = q.shape
+    kb = math.ceil(k / BLOCK)
+    return F.pad(q, (0, kb * BLOCK - k)).view(rows, kb, BLOCK).transpose(0, 1).contiguous()
+
+
+def _block_sums(x_block: torch.Tensor, w_block: torch.Tensor, use_int_mm: bool) -> torch.Tensor:
+    """Exact int8 dot products of one K block, ``[M, 128] x [N, 128] -> [M, N]`` as float32 (integers < 2**21)."""
     if use_int_mm:
-        return _INT_MM(xs.contiguous(), ws.t().contiguous()).to(torch.float32)
-    return xs.to(torch.float32) @ ws.to(torch.float32).t()
+        return _INT_MM(x_block, w_block.t()).to(torch.float32)
+    return x_block.to(torch.float32) @ w_block.to(torch.float32).t()
+
+
+def _w8a8_rows(x_rows: torch.Tensor, w_blocks: torch.Tensor, col_scale: torch.Tensor,
+               use_int_mm: bool) -> torch.Tensor:
+    """W8A8 product of a chunk of rows whose first row starts a 128-row quantization tile."""
+    xq, xs = quantize_blocks(x_rows)
+    x_blocks = _k_blocks(xq)
+    row_scale = xs.repeat_interleave(BLOCK, dim=0)[: x_rows.shape[0]]  # [rows, KB]: scale of each token's tile
+    out = torch.zeros(x_rows.shape[0], w_blocks.shape[1], dtype=torch.float32, device=x_rows.device)
+    for j in range(w_blocks.shape[0]):  # K blocks in order: the float32 accumulation order of the kernel
+        out += _block_sums(x_blocks[j], w_blocks[j], use_int_mm) * (row_scale[:, j, None] * col_scale[None, :, j])
+    return out
 
 
 def w8a8_matmul(x2d: torch.Tensor, weight_int8: torch.Tensor, weight_scale: torch.Tensor,
                 use_int_mm: bool) -> torch.Tensor:
-    """``x2d [M, K] @ W^T`` in TurboDiffusion's W8A8 scheme; float32 ``[M, N]`` (before bias and output cast)."""
-    m, k = x2d.shape
-    n = weight_int8.shape[0]
-    xq, xs = quantize_blocks(x2d)
-    # Scales expanded to rows / columns once: row block of each token, column block of each output feature.
-    row_scale = xs.repeat_interleave(BLOCK, dim=0)[:m]  # [M, KB]
-    col_scale = weight_scale.float().repeat_interleave(BLOCK, dim=0)[:n]  # [N, KB]
-    out = torch.zeros(m, n, dtype=torch.float32, device=x2d.device)
-    for j in range(math.ceil(k / BLOCK)):  # K blocks in order: the float32 accumulation order of the kernel
-        out += _block_sums(xq, weight_int8, j, use_int_mm) * (row_scale[:, j, None] * col_scale[None, :, j])
-    return out
+    """``x2d [M, K] @ W^T`` in TurboDiffusion's W8A8 scheme; float32 ``[M, N]`` (before bias and output cast).
+
+    Rows are processed in chunks of whole 128-row tiles so the per-block temporaries stay near 256 MB.
+    """
+    m, n = x2d.shape[0], weight_int8.shape[0]
+    w_blocks = _k_blocks(weight_int8)  # [KB, N, 128]
+    col_scale = weight_scale.float().repeat_interleave(BLOCK, dim=0)[:n]  # [N, KB]: scale of each feature's tile
+    rows = max(BLOCK, (_CHUNK_ELEMENTS // max(n, 1)) // BLOCK * BLOCK)
+    if m <= rows:
+        return _w8a8_rows(x2d, w_blocks, col_scale, use_int_mm)
+    return torch.cat([_w8a8_rows(x2d[r:r + rows], w_blocks, col_scale, use_int_mm) for r in range(0, m, rows)])
 
 
 def dequantize_weight(weight_int8: torch.Tensor, weight_scale: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
