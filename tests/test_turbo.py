@@ -26,7 +26,7 @@ from turbo_support import (
     COMPONENTS_DIR, FIXTURES, TURBO_DIR, VARIANTS, golden, run_from_image, sample, text_context, turbo_transformer,
 )
 
-from diffusers_wan22.conversion.official import load_official_tokenizer
+from diffusers_wan22.loaders.official_models import load_official_tokenizer
 from diffusers_wan22.loaders.turbo import (
     find_turbo_files, load_turbo_expert, load_turbo_text_encoder, load_turbo_transformer, load_turbo_vae,
     turbo_file_name,
@@ -39,7 +39,7 @@ from diffusers_wan22.models.turbo_numerics import PaddedVarianceLayerNorm, next_
 from diffusers_wan22.pipelines.turbo import turbo_image_condition
 from diffusers_wan22.quantizers import w8a8
 from diffusers_wan22.quantizers.w8a8 import W8A8Linear, quantize_blocks, set_w8a8_mode, w8a8_matmul
-from diffusers_wan22.scheduling import plan_experts
+from diffusers_wan22.schedulers.experts import plan_experts
 from diffusers_wan22.schedulers.scheduling_rcm import RCMScheduler
 from diffusers_wan22.utils.turbo_image import (
     pil_to_uint8, turbo_adaptive_size, turbo_first_frame, turbo_fixed_size, turbo_resize_uint8,

@@ -15,10 +15,10 @@ import torch
 from diffusers.pipelines.wan.pipeline_wan import prompt_clean
 from safetensors.torch import load_file
 
-from diffusers_wan22.conversion.official import load_official_tokenizer
+from diffusers_wan22.loaders.official_models import load_official_tokenizer
 from diffusers_wan22.loaders.turbo import load_turbo_text_encoder, load_turbo_transformer, load_turbo_vae
 from diffusers_wan22.pipelines.turbo import turbo_image_condition
-from diffusers_wan22.scheduling import plan_experts
+from diffusers_wan22.schedulers.experts import plan_experts
 from diffusers_wan22.schedulers.scheduling_rcm import RCMScheduler
 from diffusers_wan22.utils.turbo_image import pil_to_uint8, turbo_first_frame, turbo_resize_uint8
 

@@ -27,13 +27,13 @@ from typing import Mapping
 import torch
 from accelerate import init_empty_weights
 
-from ..checkpoint_checks import check_tensors_fit_model
-from ..conversion.official import (
-    load_official_t5, load_official_vae, load_pth_state_dict, official_dit_key_to_diffusers,
-)
+from ..core.names import HIGH, LOW
+from ..core.official_keys import official_dit_key_to_diffusers
 from ..models.transformer_wan_turbo import TurboWanMoETransformer3DModel, TurboWanTransformer3DModel
 from ..models.turbo_numerics import use_native_dtype_vae_norms
-from ..scheduling import HIGH, LOW
+from .checks import check_tensors_fit_model
+from .file_io import load_pth_weights_only
+from .official_models import load_official_t5, load_official_vae
 
 TURBO_I2V_BOUNDARY = 0.9  # TurboDiffusion's --boundary default for Wan2.2-I2V-A14B
 QUANT_SUFFIX = "-quant"
@@ -187,7 +187,7 @@ def load_turbo_expert(path: str | os.PathLike, quantized: bool = False, sla_topk
     modules diffusers keeps in float32 are float32.
     """
     _check_arguments(quantized, sla_topk, torch_dtype)
-    state = load_pth_state_dict(path)  # memory-mapped: shapes are known, no tensor data read yet
+    state = load_pth_weights_only(path)  # memory-mapped: shapes are known, no tensor data read yet
     shapes = {k: tuple(v.shape) for k, v in state.items()}
     _check_quant_layout(shapes, {k: v.dtype for k, v in state.items()}, quantized, path)
     config = turbo_config_from_shapes(shapes, path, sla_topk)

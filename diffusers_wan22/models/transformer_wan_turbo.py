@@ -23,9 +23,10 @@ from accelerate import init_empty_weights
 from diffusers import WanTransformer3DModel
 from diffusers.configuration_utils import register_to_config
 
+from ..core.names import EXPERT_ATTRS
 from ..quantizers.w8a8 import W8A8Linear
 from .attention_sla import BLOCK_K, BLOCK_Q, use_sla_attention
-from .transformer_wan_moe import EXPERT_ATTRS, WanMoETransformer3DModel
+from .transformer_wan_moe import WanMoETransformer3DModel
 from .turbo_numerics import Float64Timesteps, use_padded_variance_norms
 
 # diffusers names of the 8 block linears TurboDiffusion quantizes (self_attn.{q,k,v,o}, cross_attn.{q,k,v,o},

@@ -11,7 +11,7 @@ TurboDiffusion quantizes the activations the same way and multiplies block by bl
   accumulator times ``scale_x[row block, j] * scale_w[col block, j]`` (K blocks in increasing order);
 * the result is cast to the input dtype and the bias added.
 
-`w8a8_linear` computes exactly that. The int32 block sums are exact whichever way they are computed (a 128-term
+`w8a8_matmul` computes exactly that. The int32 block sums are exact whichever way they are computed (a 128-term
 sum of int8 products stays below 2**21, so float32 represents every partial sum exactly); `torch._int_mm` computes
 them as integers where it is available, otherwise a float32 matmul of the integer values does (same numbers). The
 *dequantizing* path (``mode="dequantize"``: float weight = int8 * scale, activations left in float, like ComfyUI's
@@ -25,20 +25,16 @@ import math
 import torch
 import torch.nn.functional as F
 
+from .._compat import int8_matmul, int8_matmul_available
+
 BLOCK = 128  # TurboDiffusion's quantization tile (rows and columns) and GEMM K block
 W8A8_MODES = ("auto", "int_mm", "reference", "dequantize")
 _CHUNK_ELEMENTS = 1 << 26  # output elements per row chunk of `w8a8_matmul` (float32: 256 MB)
 
 
-# ----------------------------------------------------------------------------------------------- private torch names
-# PRIVATE TORCH NAME: `torch._int_mm` (int8 x int8 -> int32 GEMM; CPU and CUDA, torch >= 2.2). Move to
-# diffusers_wan22/_compat.py once that module is on main (the one place for private names).
-_INT_MM = getattr(torch, "_int_mm", None)
-
-
 def int_mm_available(device: torch.device) -> bool:
-    """Whether the int8 GEMM path can run on ``device`` (torch's ``_int_mm`` exists for CPU and CUDA)."""
-    return _INT_MM is not None and device.type in ("cpu", "cuda")
+    """Whether the int8 GEMM path (torch's ``_int_mm``, via `_compat`) can run on ``device`` (CPU and CUDA)."""
+    return int8_matmul_available() and device.type in ("cpu", "cuda")
 
 
 # ----------------------------------------------------------------------------------------------- block quantization
@@ -77,7 +73,7 @@ def _k_blocks(q: torch.Tensor) -> torch.Tensor:
 def _block_sums(x_block: torch.Tensor, w_block: torch.Tensor, use_int_mm: bool) -> torch.Tensor:
     """Exact int8 dot products of one K block, ``[M, 128] x [N, 128] -> [M, N]`` as float32 (integers < 2**21)."""
     if use_int_mm:
-        return _INT_MM(x_block, w_block.t()).to(torch.float32)
+        return int8_matmul(x_block, w_block.t()).to(torch.float32)
     return x_block.to(torch.float32) @ w_block.to(torch.float32).t()
 
 
