@@ -27,13 +27,14 @@ from typing import Mapping
 import torch
 from accelerate import init_empty_weights
 
-from ..core.names import HIGH, LOW
+from ..core.names import HIGH, LOW, T5_FILE, TOKENIZER_DIR, VAE_FILES
 from ..core.official_keys import official_dit_key_to_diffusers
 from ..models.transformer_wan_turbo import TurboWanMoETransformer3DModel, TurboWanTransformer3DModel
 from ..models.turbo_numerics import use_native_dtype_vae_norms
-from .checks import check_tensors_fit_model
+from ..schedulers.scheduling_rcm import RCMScheduler
+from .checks import check_t5_state, check_tensors_fit_model, check_tokenizer_folder, check_vae_state
 from .file_io import load_pth_weights_only
-from .official_models import load_official_t5, load_official_vae
+from .official_models import load_official_t5, load_official_tokenizer, load_official_vae
 
 TURBO_I2V_BOUNDARY = 0.9  # TurboDiffusion's --boundary default for Wan2.2-I2V-A14B
 QUANT_SUFFIX = "-quant"
@@ -223,3 +224,38 @@ def load_turbo_vae(path: str | os.PathLike):
     vae = load_official_vae(path, torch.bfloat16)
     use_native_dtype_vae_norms(vae)
     return vae
+
+
+# ----------------------------------------------------------------------------------------------- whole pipeline
+def turbo_component_files(folder: str | os.PathLike, quantized: bool = False,
+                          components: str | os.PathLike | None = None) -> dict[str, Path]:
+    """Every file a Turbo pipeline reads, checked before any weight is: the two experts from ``folder``; umT5, its
+    tokenizer and the Wan 2.1 VAE from ``components`` (the official Wan2.2-I2V-A14B download) or ``folder``."""
+    files = find_turbo_files(folder, quantized)
+    root = Path(components if components is not None else folder)
+    hint = "" if components is not None else " (pass `components=` the official Wan2.2-I2V-A14B folder)"
+    extra = {"text_encoder": root / T5_FILE, "vae": root / VAE_FILES["2.1"], "tokenizer": root / TOKENIZER_DIR}
+    for name, path in extra.items():
+        if not path.exists():
+            raise FileNotFoundError(f"Missing the {name.replace('_', ' ')} {path}{hint}.")
+    check_tokenizer_folder(extra["tokenizer"])
+    check_t5_state(load_pth_weights_only(extra["text_encoder"]), extra["text_encoder"])  # memory-mapped: keys only
+    check_vae_state(load_pth_weights_only(extra["vae"]), extra["vae"], "2.1", "TurboWan2.2-I2V-A14B")
+    return {**files, **extra}
+
+
+def load_turbo_components(folder: str | os.PathLike, quantized: bool = False, sla_topk: float | None = 0.1,
+                          torch_dtype: torch.dtype | None = None, components: str | os.PathLike | None = None,
+                          sampler: str = "sde", sigma_max: float = 200.0) -> dict:
+    """The components of a TurboWan2.2-I2V-A14B pipeline (see `turbo_component_files`): the Turbo experts in
+    ``torch_dtype``, umT5 and the VAE in bfloat16 as TurboDiffusion runs them, and an `RCMScheduler`."""
+    _check_arguments(quantized, sla_topk, torch_dtype)
+    scheduler = RCMScheduler(sigma_max=sigma_max, sampler=sampler)  # validates sampler / sigma_max first
+    files = turbo_component_files(folder, quantized, components)
+    return dict(
+        transformer=load_turbo_transformer(folder, quantized, sla_topk, torch_dtype),
+        text_encoder=load_turbo_text_encoder(files["text_encoder"]),
+        tokenizer=load_official_tokenizer(files["tokenizer"]),
+        vae=load_turbo_vae(files["vae"]),
+        scheduler=scheduler,
+    )

@@ -16,6 +16,7 @@ Its constructor arguments are all config, so ``save_pretrained`` / ``from_pretra
 
 from __future__ import annotations
 
+import inspect
 from typing import Any
 
 import torch
@@ -37,6 +38,13 @@ W8A8_BLOCK_LINEARS = (
     "ffn.net.0.proj", "ffn.net.2",
 )
 TURBO_CONFIG_KEYS = ("sla_topk", "sla_block_q", "sla_block_k", "w8a8", "padded_layer_norm")
+# The stock expert's constructor arguments (the Turbo classes take them all, plus their own).
+WAN_CONFIG_KEYS = tuple(p for p in inspect.signature(WanTransformer3DModel.__init__).parameters if p != "self")
+
+
+def _pick(arguments: dict[str, Any], keys: tuple[str, ...]) -> dict[str, Any]:
+    """The entries of a constructor's ``locals()`` named in ``keys``."""
+    return {k: arguments[k] for k in keys}
 
 
 def _replace_block_linears(transformer: WanTransformer3DModel) -> None:
@@ -97,13 +105,7 @@ class TurboWanTransformer3DModel(WanTransformer3DModel):
         w8a8: bool = False,
         padded_layer_norm: bool = True,
     ) -> None:
-        super().__init__(
-            patch_size=patch_size, num_attention_heads=num_attention_heads, attention_head_dim=attention_head_dim,
-            in_channels=in_channels, out_channels=out_channels, text_dim=text_dim, freq_dim=freq_dim,
-            ffn_dim=ffn_dim, num_layers=num_layers, cross_attn_norm=cross_attn_norm, qk_norm=qk_norm, eps=eps,
-            image_dim=image_dim, added_kv_proj_dim=added_kv_proj_dim, rope_max_seq_len=rope_max_seq_len,
-            pos_embed_seq_len=pos_embed_seq_len,
-        )
+        super().__init__(**_pick(locals(), WAN_CONFIG_KEYS))
         self.condition_embedder.timesteps_proj = Float64Timesteps(freq_dim)
         if padded_layer_norm:
             use_padded_variance_norms(self)
@@ -173,19 +175,22 @@ class TurboWanMoETransformer3DModel(WanMoETransformer3DModel):
         w8a8: bool = False,
         padded_layer_norm: bool = True,
     ) -> None:
-        expert_kwargs = dict(
-            patch_size=patch_size, num_attention_heads=num_attention_heads, attention_head_dim=attention_head_dim,
-            in_channels=in_channels, out_channels=out_channels, text_dim=text_dim, freq_dim=freq_dim,
-            ffn_dim=ffn_dim, num_layers=num_layers, cross_attn_norm=cross_attn_norm, qk_norm=qk_norm, eps=eps,
-            image_dim=image_dim, added_kv_proj_dim=added_kv_proj_dim, rope_max_seq_len=rope_max_seq_len,
-            pos_embed_seq_len=pos_embed_seq_len,
-        )
+        expert_kwargs = _pick(locals(), WAN_CONFIG_KEYS + TURBO_CONFIG_KEYS)
         with init_empty_weights():  # the parent's stock experts are placeholders, replaced right below
-            super().__init__(**expert_kwargs, boundary_ratio=boundary_ratio, num_train_timesteps=num_train_timesteps)
-        turbo_kwargs = dict(sla_topk=sla_topk, sla_block_q=sla_block_q, sla_block_k=sla_block_k, w8a8=w8a8,
-                            padded_layer_norm=padded_layer_norm)
+            super().__init__(**_pick(expert_kwargs, WAN_CONFIG_KEYS), boundary_ratio=boundary_ratio,
+                             num_train_timesteps=num_train_timesteps)
         for attr in EXPERT_ATTRS.values():
-            setattr(self, attr, TurboWanTransformer3DModel(**expert_kwargs, **turbo_kwargs))
+            setattr(self, attr, TurboWanTransformer3DModel(**expert_kwargs))
+
+    def load_lora_adapter(self, pretrained_model_name_or_path_or_dict, expert: str = "both", **kwargs) -> None:
+        """Per-expert LoRA (see `WanMoETransformer3DModel.load_lora_adapter`); refused for W8A8 experts."""
+        if self.config.w8a8:
+            raise ValueError(
+                "LoRA cannot be loaded into the W8A8 (-quant) Turbo experts: their block linears hold int8 weights "
+                "with per-block scales and int8 activations, so a LoRA delta can neither run beside them as a float "
+                "linear nor be fused into them without re-quantizing. Load the plain TurboWan2.2 files "
+                "(quantized=False) to use LoRA.")
+        super().load_lora_adapter(pretrained_model_name_or_path_or_dict, expert=expert, **kwargs)
 
     def set_sla_topk(self, topk: float | None = None, kernel: str = "auto") -> None:
         """`TurboWanTransformer3DModel.set_sla_topk` on both experts."""
