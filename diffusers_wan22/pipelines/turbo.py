@@ -68,7 +68,7 @@ def turbo_image_condition(vae: AutoencoderKLWan, first_frame: torch.Tensor, num_
 
 def use_turbo_component_numerics(text_encoder, vae) -> None:
     """Eager attention for umT5 and bf16 RMS norms in the VAE (TurboDiffusion's numerics; idempotent)."""
-    if text_encoder is not None and text_encoder.config._attn_implementation != "eager":
+    if text_encoder is not None:
         text_encoder.set_attn_implementation("eager")
     if vae is not None:
         use_native_dtype_vae_norms(vae)
