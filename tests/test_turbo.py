@@ -16,11 +16,13 @@ import subprocess
 import sys
 from pathlib import Path
 
+import imageio
 import PIL.Image
 import pytest
 import torch
 import torch.nn.functional as F
-from diffusers import UniPCMultistepScheduler
+from diffusers import DiffusionPipeline, UniPCMultistepScheduler
+from safetensors import safe_open
 
 from conftest import assert_close_rel
 from turbo_support import (
@@ -28,11 +30,16 @@ from turbo_support import (
 )
 
 from diffusers_wan22 import (
-    RCMScheduler, TurboWanMoETransformer3DModel, W8A8Linear, Wan22ImageToVideoPipeline, plan_experts,
+    GB, I2V_A14B, RCMScheduler, TurboWanMoETransformer3DModel, W8A8Linear, Wan22ImageToVideoPipeline,
+    expert_weight_bytes, plan_experts, scoped_params,
 )
 from diffusers_wan22.loaders.turbo import (
-    find_turbo_files, load_turbo_expert, load_turbo_transformer, load_turbo_vae, turbo_file_name,
+    find_turbo_files, load_turbo_expert, load_turbo_transformer, load_turbo_vae,
 )
+from diffusers_wan22.cli import main
+from diffusers_wan22.core.folders import turbo_file_name
+from diffusers_wan22.loaders.conversion import convert_turbo_checkpoint
+from diffusers_wan22.models import attention_sla
 from diffusers_wan22.models.attention_sla import (
     SLAAttnProcessor, check_sla_selects_blocks, sla_block_map, sparse_block_attention, sparse_linear_attention,
 )
@@ -209,12 +216,15 @@ def _qkv(length: int, heads: int = 2, dim: int = 32, seed: int = 0):
     return [torch.randn(1, heads, length, dim, generator=gen) for _ in range(3)]
 
 
-def test_sla_sparse_branch_with_every_block_kept_is_dense_attention():
+def test_sla_sparse_branch_with_every_block_kept_is_dense_attention(monkeypatch):
     q, k, v = _qkv(200)  # 200 = 3 full 64-key blocks + a partial one: the padding rows must be masked
     lut = sla_block_map(q, k, topk=1.0)
     assert lut.shape == (1, 2, 2, 4)
     dense = F.scaled_dot_product_attention(q, k, v)
-    assert_close_rel(sparse_block_attention(q, k, v, lut), dense, 1e-5, "SLA sparse branch, all blocks kept")
+    whole = sparse_block_attention(q, k, v, lut)
+    assert_close_rel(whole, dense, 1e-5, "SLA sparse branch, all blocks kept")
+    monkeypatch.setattr(attention_sla, "_GATHER_BUDGET", 4 * 64 * 32)  # one query block of one head per chunk
+    assert torch.equal(sparse_block_attention(q, k, v, lut), whole)
 
 
 def test_sla_keeps_the_best_pooled_key_blocks():
@@ -339,7 +349,7 @@ def test_loader_errors_name_the_file_and_the_fix(tmp_path):
     (tmp_path / "only_quant").mkdir()
     for e in ("high", "low"):
         (tmp_path / "only_quant" / turbo_file_name(e, True)).symlink_to(TURBO_DIR / turbo_file_name(e, True))
-    with pytest.raises(FileNotFoundError, match="missing .*pass quantized=True"):
+    with pytest.raises(FileNotFoundError, match="missing .*it has the -quant pair: pass quantized=True"):
         find_turbo_files(tmp_path / "only_quant", quantized=False)
 
 
@@ -449,3 +459,84 @@ def test_lora_per_expert_on_turbo_experts_and_refused_on_w8a8():
     quant = turbo_pipeline(golden("fp32_sla_quant_ode")[0])
     with pytest.raises(ValueError, match=r"W8A8 \(-quant\) Turbo experts.*quantized=False"):
         quant.load_lora_weights(_lora(quant.transformer.high_noise_expert), expert="high")
+
+
+# ----------------------------------------------------------------------------------------------- memory modes
+def test_memory_modes_with_turbo_experts_give_the_same_latents():
+    """Per-expert offload, block-level group offload (W8A8 int8 weights and scales included) and lazy experts read
+    from the `.pth` files in place all reproduce the plain run."""
+    meta, _ = golden("fp32_sla_quant_ode")
+    reference = run_pipeline(turbo_pipeline(meta), "fp32_sla_quant_ode").frames
+    offload = turbo_pipeline(meta)
+    offload.enable_model_cpu_offload(device="cpu")
+    grouped = turbo_pipeline(meta)
+    grouped.enable_group_offload("cpu", offload_type="block_level", num_blocks_per_group=1)
+    lazy = Wan22ImageToVideoPipeline.from_turbo(TURBO_DIR, quantized=True, sla_topk=0.25, components=COMPONENTS_DIR,
+                                                sampler="ode", lazy_experts=True, prefetch_steps=0)
+    lazy.set_progress_bar_config(disable=True)
+    assert not lazy.lazy_experts.is_materialised("high") and not lazy.lazy_experts.is_materialised("low")
+    for name, pipe in (("expert offload", offload), ("group offload", grouped), ("lazy experts", lazy)):
+        assert torch.equal(run_pipeline(pipe, "fp32_sla_quant_ode").frames, reference), name
+    assert dict(lazy.lazy_experts.reads) == {"high": 1, "low": 1}
+
+
+def test_planner_counts_w8a8_experts_at_their_int8_bytes():
+    spec = I2V_A14B
+    linears = scoped_params(spec, "all")  # the 8 block linears TurboDiffusion quantizes
+    assert expert_weight_bytes(spec, "w8a8") == linears * (1 + 4 / 128**2) + (spec.expert_params - linears) * 2
+    assert expert_weight_bytes(spec, "w8a8") / GB == pytest.approx(14.53, abs=0.01)  # vs 28.58 GB in bf16
+    quant = turbo_pipeline(golden("fp32_sla_quant_ode")[0])  # the pipeline's estimate uses it by itself
+    as_w8a8 = quant.estimate_memory(720, 1280, 81, mode="expert_offload")
+    as_float = quant.estimate_memory(720, 1280, 81, mode="expert_offload", precision=None)
+    assert as_w8a8.host_gb < as_float.host_gb
+
+
+# ----------------------------------------------------------------------------------------------- command line
+def _cli(args: list[str], capsys) -> tuple[int, str]:
+    try:
+        code = main(args)
+    except SystemExit as e:  # argparse errors exit from inside the parser
+        code = e.code
+    return code, capsys.readouterr().err
+
+
+def test_cli_generate_detects_turbo_folders_and_convert_keeps_int8(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    image = str(FIXTURES / "fp32_sla_ode" / "image.png")
+    code, err = _cli(["generate", "--model", str(TURBO_DIR), "--components", str(COMPONENTS_DIR), "--image", image,
+                      "--prompt", "A white cat surfing at sunset.", "--size", "304*256", "--frame_num", "5",
+                      "--dtype", "fp32", "--device", "cpu", "--sample_solver", "ode", "--output", "turbo.mp4"], capsys)
+    assert code == 0, err
+    assert len(imageio.mimread(tmp_path / "turbo.mp4")) == 5
+    code, err = _cli(["convert", str(TURBO_DIR), str(tmp_path / "w8a8"), "--components", str(COMPONENTS_DIR),
+                      "--quant_linear", "--dtype", "bf16", "--verify"], capsys)
+    assert code == 0, err
+    with safe_open(tmp_path / "w8a8" / "transformer" / "diffusion_pytorch_model.safetensors", "pt") as f:
+        dtypes = {k: f.get_slice(k).get_dtype() for k in f.keys()}
+    assert dtypes["high_noise_expert.blocks.0.attn1.to_q.int8_weight"] == "I8"
+    assert dtypes["high_noise_expert.blocks.0.attn1.to_q.scale"] == "F32"
+    assert dtypes["low_noise_expert.blocks.0.attn1.processor.proj_l.weight"] == "BF16"
+
+
+def test_converted_turbo_folder_loads_with_diffusers_and_reproduces_from_turbo(tmp_path):
+    convert_turbo_checkpoint(TURBO_DIR, tmp_path / "turbo", quantized=True, components=COMPONENTS_DIR, sla_topk=0.25,
+                             progress=False)
+    pipe = DiffusionPipeline.from_pretrained(tmp_path / "turbo",
+                                             torch_dtype={"transformer": torch.float32, "default": torch.bfloat16})
+    assert isinstance(pipe, Wan22ImageToVideoPipeline) and pipe.is_turbo and pipe.transformer.config.w8a8
+    pipe.scheduler = RCMScheduler.from_config(pipe.scheduler.config, sampler="ode")
+    pipe.set_progress_bar_config(disable=True)
+    meta, _ = golden("fp32_sla_quant_ode")
+    assert torch.equal(run_pipeline(pipe, "fp32_sla_quant_ode").frames,
+                       run_pipeline(turbo_pipeline(meta), "fp32_sla_quant_ode").frames)
+
+
+@pytest.mark.parametrize("args, message", [
+    (["generate", "--model", "tiny", "--prompt", "x", "--quant_linear"], "--quant_linear applies to TurboWan2.2"),
+    (["generate", "--model", "tiny", "--prompt", "x", "--components", "."], "--components applies to TurboWan2.2"),
+    (["generate", "--model", "tiny", "--prompt", "x", "--sample_solver", "ode"], "rCM sampler of TurboWan2.2"),
+    (["convert", str(TURBO_DIR), "out", "--layout", "diffusers"], "TurboWan2.2 folders convert to the wan22 layout"),
+])
+def test_cli_turbo_usage_errors(capsys, args, message):
+    code, err = _cli(args, capsys)
+    assert code == 2 and message in err and err.count("\n") == 1, err

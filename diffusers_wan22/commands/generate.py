@@ -15,9 +15,10 @@ from ..core.animate import source_folder_files
 from ..pipelines import (
     Wan22AnimatePipeline, Wan22ImageToVideoPipeline, Wan22Pipeline, Wan22SpeechToVideoPipeline, load_pipeline,
 )
+from ..schedulers.scheduling_rcm import RCMScheduler
 from ..utils.video import save_video
 from .demo import report_steps
-from .validate import CliError, check_task_inputs, parse_lora, read_prompts, resolve_task
+from .validate import CliError, check_task_inputs, parse_lora, read_prompts, resolve_task, turbo_quantized
 
 DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
 
@@ -31,8 +32,9 @@ def pipeline_class(task: str, with_image: bool):
 
 
 def load_task_pipeline(model: str, task: str, with_image: bool, torch_dtype, **kwargs):
-    """The pipeline for ``task`` from ``tiny``, an official folder or a saved folder (re-wrapped if needed);
-    ``kwargs`` go to the loader (animate-14B: ``use_relighting_lora``)."""
+    """The pipeline for ``task`` from ``tiny``, an official folder, a saved folder (re-wrapped if needed) or a
+    TurboWan2.2 folder; ``kwargs`` go to the loader (animate-14B: ``use_relighting_lora``; TurboWan2.2: the
+    `from_turbo` options)."""
     cls = pipeline_class(task, with_image)
     source = f"tiny:{task}" if model == "tiny" or model.startswith("tiny:") else model
     pipe = load_pipeline(source, torch_dtype, pipeline_cls=cls, **kwargs)
@@ -55,8 +57,18 @@ def place_pipeline(pipe, args, device) -> None:
         pipe.text_encoder = text_encoder.to("cpu")  # prompts are then encoded on the CPU, embeddings moved over
 
 
-def set_scheduler(pipe, solver: str, shift: float | None) -> None:
-    """``--sample_solver`` / ``--sample_shift``: the official solvers on the official grid (see schedulers/)."""
+def set_scheduler(pipe, solver: str | None, shift: float | None) -> None:
+    """``--sample_solver`` / ``--sample_shift``: the official solvers on the official grid (see schedulers/);
+    TurboWan2.2 experts take the rCM sampler's ``sde`` (default) or ``ode``."""
+    if getattr(pipe, "is_turbo", False):
+        if solver in ("unipc", "dpm++") or shift is not None:
+            raise CliError("TurboWan2.2 experts sample with the rCM sampler: --sample_solver sde or ode, no "
+                           "--sample_shift")
+        if solver is not None:
+            pipe.scheduler = RCMScheduler.from_config(pipe.scheduler.config, sampler=solver)
+        return
+    if solver in ("sde", "ode"):
+        raise CliError(f"--sample_solver {solver} is the rCM sampler of TurboWan2.2 folders; use unipc or dpm++")
     if solver == "dpm++" or shift is not None:
         cls = DPMSolverMultistepScheduler if solver == "dpm++" else UniPCMultistepScheduler
         overrides = {} if shift is None else {"flow_shift": shift}
@@ -86,6 +98,11 @@ def run(args) -> int:
     if prompts is not None and args.device is None:
         device = _partial_state().device  # this process's device under `accelerate launch`
     extra = {"use_relighting_lora": True} if args.use_relighting_lora else {}
+    quantized = turbo_quantized(args.model, args.quant_linear)
+    if quantized is None and args.components is not None:
+        raise CliError("--components applies to TurboWan2.2 folders only")
+    if quantized is not None:
+        extra.update(quantized=quantized, components=args.components, sla_topk=args.sla_topk)
     pipe = load_task_pipeline(args.model, task, args.image is not None, DTYPES[args.dtype], **extra)
     set_scheduler(pipe, args.sample_solver, args.sample_shift)
     load_loras(pipe, loras)

@@ -12,7 +12,7 @@ import sys
 from pathlib import Path
 
 from ..core.memory_planner import POLICY_BYTES
-from ..core.names import DTYPE_NAMES, MEMORY_MODES, PRECISION_SCOPES, SOLVERS
+from ..core.names import DTYPE_NAMES, MEMORY_MODES, PRECISION_SCOPES, RCM_SAMPLERS, SOLVERS
 from ..core.variants import VARIANTS
 
 TASKS = list(VARIANTS)
@@ -30,6 +30,8 @@ EPILOG = """examples:
         --expert-steps 2 2 --sample_guide_scale 1   # the two-file 4-step LoRAs: 2 + 2 steps, no CFG
   wan22 generate --model tiny --task s2v-14B --image face.png --audio speech.wav --prompt "x"   # no weights needed
   wan22 convert ./Wan2.2-T2V-A14B ./Wan2.2-T2V-A14B-wan22 --verify
+  wan22 generate --model ./TurboWan2.2 --components ./Wan2.2-I2V-A14B --image cat.jpg --prompt "A cat surfing."
+        # TurboDiffusion's 4-step experts (add --quant_linear for the -quant files, --sample_solver ode for --ode)
   wan22 info ./Wan2.2-T2V-A14B
   wan22 plan --size 1280*720 --frame_num 81          # memory of each offload mode for T2V-A14B
   wan22 plan --precision_table --model i2v-A14B      # which precision policies fit 24 / 40 GB
@@ -100,7 +102,8 @@ def build_parser() -> argparse.ArgumentParser:
                      help="4k+1 frames (default: the variant's); animate-14B: frames per clip (default: 77)")
     gen.add_argument("--sample_steps", type=_positive_int, default=None)
     gen.add_argument("--sample_shift", type=float, default=None)
-    gen.add_argument("--sample_solver", choices=SOLVERS, default="unipc")
+    gen.add_argument("--sample_solver", choices=SOLVERS + RCM_SAMPLERS, default=None,
+                     help="unipc (default) / dpm++; TurboWan2.2 folders: sde (default) / ode")
     gen.add_argument("--sample_guide_scale", type=float, nargs="+", default=None,
                      help="one value for both experts, or two: HIGH LOW (high-noise then low-noise expert)")
     gen.add_argument("--base_seed", type=int, default=0)
@@ -134,6 +137,9 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("--t5_cpu", action="store_true", help="keep the UMT5 text encoder on the CPU (saves ~11 GB)")
     gen.add_argument("--memory_mode", choices=MEMORY_MODES, default=None,
                      help="memory mode (see `wan22 plan`); overrides --offload_model")
+    add_turbo_arguments(gen)
+    gen.add_argument("--sla_topk", type=float, default=0.1,
+                     help="TurboWan2.2: fraction of key blocks SLA keeps (default: %(default)s)")
     gen.add_argument("--output", default=None, help="mp4 path (default: wan22_<time>.mp4)")
     gen.add_argument("--output_dir", default="wan22_outputs", help="with --prompts (default: %(default)s)")
 
@@ -178,6 +184,16 @@ def add_convert_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--max-shard-size", default="5GB", help="largest output shard (default: %(default)s)")
     parser.add_argument("--overwrite", action="store_true", help="replace an existing DST")
     parser.add_argument("--verify", action="store_true", help="re-read DST and checksum every tensor vs its source")
+    add_turbo_arguments(parser)
+
+
+def add_turbo_arguments(parser: argparse.ArgumentParser) -> None:
+    """Options of TurboDiffusion's TurboWan2.2-I2V-A14B folders (`generate` and `convert`)."""
+    parser.add_argument("--components", type=Path, default=None,
+                        help="TurboWan2.2 folder without umT5 / tokenizer / Wan2.1 VAE: the official Wan2.2-I2V-A14B "
+                             "folder to take them from")
+    parser.add_argument("--quant_linear", action="store_true",
+                        help="TurboWan2.2: use the W8A8 '-quant' expert files (default: the plain ones when present)")
 
 
 def add_plan_arguments(parser: argparse.ArgumentParser) -> None:

@@ -6,7 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from ..core.animate import REFERENCE_FRAME_CHOICES, source_folder_files
-from ..core.folders import detect_official_variant, detect_saved_task
+from ..core.folders import detect_official_variant, detect_saved_task, turbo_folder_kinds
 from ..core.names import EXPERT_CHOICES, MODEL_INDEX
 
 ANIMATE_FLAGS = ("src_root_path", "refert_num", "replace_flag", "use_relighting_lora")
@@ -27,7 +27,9 @@ def resolve_task(model: str, task: str | None) -> str:
     path = Path(model)
     if not path.is_dir():
         raise CliError(f"--model {model!r} is not a folder (download the checkpoint first) nor 'tiny'")
-    if (path / MODEL_INDEX).exists():
+    if turbo_folder_kinds(path):  # TurboDiffusion's TurboWan2.2-I2V-A14B experts
+        found = "i2v-A14B"
+    elif (path / MODEL_INDEX).exists():
         found = detect_saved_task(path)
         if found == "i2v-A14B" and task == "ti2v-5B":
             found = task  # Wan22ImageToVideoPipeline serves both
@@ -114,3 +116,16 @@ def read_prompts(path: Path) -> list[str]:
     if not prompts:
         raise CliError(f"--prompts {str(path)!r} has no prompts (one prompt per line)")
     return prompts
+
+
+def turbo_quantized(model: str, quant_linear: bool) -> bool | None:
+    """For a TurboWan2.2 folder, whether to load its ``-quant`` experts (``--quant_linear``, or the only pair
+    present); ``None`` for any other model."""
+    kinds = [] if model == "tiny" or model.startswith("tiny:") else turbo_folder_kinds(model)
+    if not kinds:
+        if quant_linear:
+            raise CliError(f"--quant_linear applies to TurboWan2.2 folders; {model!r} is not one")
+        return None
+    if quant_linear and True not in kinds:
+        raise CliError(f"--quant_linear: {model} has no TurboWan2.2-I2V-A14B-*-720P-quant.pth pair")
+    return quant_linear or kinds == [True]

@@ -27,28 +27,23 @@ from typing import Mapping
 import torch
 from accelerate import init_empty_weights
 
+from ..core.folders import turbo_file_name, turbo_folder_kinds
 from ..core.names import HIGH, LOW, T5_FILE, TOKENIZER_DIR, VAE_FILES
 from ..core.official_keys import official_dit_key_to_diffusers
 from ..models.transformer_wan_turbo import TurboWanMoETransformer3DModel, TurboWanTransformer3DModel
 from ..models.turbo_numerics import use_native_dtype_vae_norms
 from ..schedulers.scheduling_rcm import RCMScheduler
+from ..hooks.lazy_experts import retype_meta_parameters
 from .checks import check_t5_state, check_tensors_fit_model, check_tokenizer_folder, check_vae_state
 from .file_io import load_pth_weights_only
 from .official_models import load_official_t5, load_official_tokenizer, load_official_vae
 
 TURBO_I2V_BOUNDARY = 0.9  # TurboDiffusion's --boundary default for Wan2.2-I2V-A14B
-QUANT_SUFFIX = "-quant"
-_FILE_STEM = "TurboWan2.2-I2V-A14B-{expert}-720P"
 _PROJ_L = re.compile(r"blocks\.(\d+)\.self_attn\.attn_op\.local_attn\.proj_l\.(weight|bias)")
 _QUANT_TENSOR = re.compile(r"(.+)\.(int8_weight|scale)")
 _PATCH = (1, 2, 2)
 # Modules diffusers keeps in float32 for Wan (time embedder, modulation tables, block norms), minus the W8A8 scales.
 WAN_FP32_MODULES = tuple(m for m in TurboWanTransformer3DModel._keep_in_fp32_modules if m != "scale")
-
-
-def turbo_file_name(expert: str, quantized: bool) -> str:
-    """The published file name of an expert (``"high"`` / ``"low"``), plain or ``-quant``."""
-    return _FILE_STEM.format(expert=expert) + (QUANT_SUFFIX if quantized else "") + ".pth"
 
 
 def find_turbo_files(folder: str | os.PathLike, quantized: bool = False) -> dict[str, Path]:
@@ -59,8 +54,8 @@ def find_turbo_files(folder: str | os.PathLike, quantized: bool = False) -> dict
     files = {e: folder / turbo_file_name(e, quantized) for e in (HIGH, LOW)}
     missing = [p.name for p in files.values() if not p.is_file()]
     if missing:
-        other = [turbo_file_name(e, not quantized) for e in (HIGH, LOW) if (folder / turbo_file_name(e, not quantized)).is_file()]
-        hint = f"; it has {other}: pass quantized={not quantized}" if other else ""
+        hint = f"; it has the {'-quant' if not quantized else 'plain'} pair: pass quantized={not quantized}" if (
+            not quantized) in turbo_folder_kinds(folder) else ""
         raise FileNotFoundError(f"{folder}: missing {missing} (TurboWan2.2-I2V-A14B {'W8A8 ' if quantized else ''}"
                                 f"experts){hint}.")
     return files
@@ -68,8 +63,7 @@ def find_turbo_files(folder: str | os.PathLike, quantized: bool = False) -> dict
 
 def is_turbo_folder(folder: str | os.PathLike) -> bool:
     """Whether ``folder`` holds a TurboWan2.2-I2V-A14B expert pair (plain or ``-quant``)."""
-    folder = Path(folder)
-    return any(all((folder / turbo_file_name(e, q)).is_file() for e in (HIGH, LOW)) for q in (False, True))
+    return bool(turbo_folder_kinds(folder))
 
 
 # ----------------------------------------------------------------------------------------------- keys and config
@@ -165,8 +159,18 @@ def _target_dtype(key: str, tensor: torch.Tensor, torch_dtype: torch.dtype | Non
 
 
 
-def _mapped_state(state: Mapping[str, torch.Tensor], config: dict, sla_topk, path) -> dict[str, torch.Tensor]:
-    mapped = {}
+def turbo_patch_shape(key: str, shape: tuple[int, ...]) -> tuple[int, ...]:
+    """The diffusers shape of a Turbo tensor: the Linear patch embedding ``[dim, 36 * 1 * 2 * 2]`` is the Conv3d
+    kernel ``[dim, 36, 1, 2, 2]`` flattened over ``(c kt kh kw)``; every other tensor keeps its shape."""
+    if key == "patch_embedding.weight" and len(shape) == 2:
+        return (shape[0], shape[1] // math.prod(_PATCH), *_PATCH)
+    return shape
+
+
+def iter_turbo_tensors(state: Mapping[str, torch.Tensor], sla_topk: float | None, path):
+    """``(diffusers key, tensor)`` of a Turbo state dict: keys renamed, the Linear patch embedding as the Conv3d
+    kernel it flattens (``[dim, 36 * 1 * 2 * 2]`` -> ``[dim, 36, 1, 2, 2]``), SLA's ``proj_l`` dropped for dense
+    attention (``sla_topk=None``)."""
     for key, tensor in state.items():
         if sla_topk is None and _PROJ_L.fullmatch(key):
             continue  # dense attention has no place for SLA's projection
@@ -174,18 +178,30 @@ def _mapped_state(state: Mapping[str, torch.Tensor], config: dict, sla_topk, pat
             new_key = turbo_key_to_diffusers(key)
         except KeyError as e:
             raise _layout_error(path, e.args[0]) from None
-        if key == "patch_embedding.weight":  # Linear over (c kt kh kw) == the Conv3d kernel flattened
-            tensor = tensor.reshape(tensor.shape[0], config["in_channels"], *config["patch_size"])
-        mapped[new_key] = tensor
-    return mapped
+        yield new_key, tensor.reshape(turbo_patch_shape(key, tuple(tensor.shape)))
+
+
+class TurboExpertSource:
+    """A lazy-expert source reading one Turbo `.pth` in place (memory-mapped, ``weights_only``; keys renamed as in
+    `iter_turbo_tensors`): what `enable_lazy_experts` reads a released Turbo expert back from."""
+
+    def __init__(self, path: str | os.PathLike, sla_topk: float | None = 0.1) -> None:
+        self.path, self.sla_topk = Path(path), sla_topk
+
+    def __repr__(self) -> str:
+        return f"TurboExpertSource({str(self.path)!r})"
+
+    def iter_tensors(self):
+        yield from iter_turbo_tensors(load_pth_weights_only(self.path), self.sla_topk, self.path)
 
 
 def load_turbo_expert(path: str | os.PathLike, quantized: bool = False, sla_topk: float | None = 0.1,
-                      torch_dtype: torch.dtype | None = None) -> TurboWanTransformer3DModel:
+                      torch_dtype: torch.dtype | None = None, meta: bool = False) -> TurboWanTransformer3DModel:
     """One TurboWan2.2 expert file as a `TurboWanTransformer3DModel` (SLA with ``sla_topk``; W8A8 if ``quantized``).
 
     ``torch_dtype`` is the experts' compute dtype (``None`` keeps the file's); W8A8 scales stay float32 and the
-    modules diffusers keeps in float32 are float32.
+    modules diffusers keeps in float32 are float32. ``meta=True`` checks the file but reads no tensor data: the
+    parameters stay on ``meta`` (for lazy experts).
     """
     _check_arguments(quantized, sla_topk, torch_dtype)
     state = load_pth_weights_only(path)  # memory-mapped: shapes are known, no tensor data read yet
@@ -194,21 +210,31 @@ def load_turbo_expert(path: str | os.PathLike, quantized: bool = False, sla_topk
     config = turbo_config_from_shapes(shapes, path, sla_topk)
     with init_empty_weights():
         model = TurboWanTransformer3DModel(**config, sla_topk=sla_topk, w8a8=quantized)
-    mapped = _mapped_state(state, config, sla_topk, path)
+    mapped = dict(iter_turbo_tensors(state, sla_topk, path))
     check_tensors_fit_model(model, {k: (tuple(v.shape), f"{path} [{k}]") for k, v in mapped.items()}, str(path))
+    if meta:  # parameters stay on meta, in the dtypes an eager load gives (lazy experts fill them in)
+        retype_meta_parameters(model, lambda key, p: _target_dtype(key, mapped[key], torch_dtype))
+        return model.eval()
     mapped = {k: v.to(_target_dtype(k, v, torch_dtype)) for k, v in mapped.items()}
     model.load_state_dict(mapped, strict=True, assign=True)
     return model.eval().requires_grad_(False)
 
 
 def load_turbo_transformer(folder: str | os.PathLike, quantized: bool = False, sla_topk: float | None = 0.1,
-                           torch_dtype: torch.dtype | None = None,
-                           boundary_ratio: float = TURBO_I2V_BOUNDARY) -> TurboWanMoETransformer3DModel:
-    """Both experts of a Turbo folder as one `TurboWanMoETransformer3DModel` (high-noise while t >= 0.9)."""
+                           torch_dtype: torch.dtype | None = None, boundary_ratio: float = TURBO_I2V_BOUNDARY,
+                           meta: bool = False) -> TurboWanMoETransformer3DModel:
+    """Both experts of a Turbo folder as one `TurboWanMoETransformer3DModel` (high-noise while t >= 0.9);
+    ``meta=True``: checked, parameters on ``meta`` (see `turbo_expert_sources` for lazy experts)."""
     _check_arguments(quantized, sla_topk, torch_dtype)
     files = find_turbo_files(folder, quantized)
-    experts = [load_turbo_expert(files[e], quantized, sla_topk, torch_dtype) for e in (HIGH, LOW)]
+    experts = [load_turbo_expert(files[e], quantized, sla_topk, torch_dtype, meta) for e in (HIGH, LOW)]
     return TurboWanMoETransformer3DModel.from_experts(*experts, boundary_ratio=boundary_ratio)
+
+
+def turbo_expert_sources(folder: str | os.PathLike, quantized: bool = False,
+                         sla_topk: float | None = 0.1) -> dict[str, TurboExpertSource]:
+    """Lazy-expert sources reading a Turbo folder's two expert files in place."""
+    return {e: TurboExpertSource(p, sla_topk) for e, p in find_turbo_files(folder, quantized).items()}
 
 
 def load_turbo_text_encoder(path: str | os.PathLike):
@@ -246,14 +272,15 @@ def turbo_component_files(folder: str | os.PathLike, quantized: bool = False,
 
 def load_turbo_components(folder: str | os.PathLike, quantized: bool = False, sla_topk: float | None = 0.1,
                           torch_dtype: torch.dtype | None = None, components: str | os.PathLike | None = None,
-                          sampler: str = "sde", sigma_max: float = 200.0) -> dict:
+                          sampler: str = "sde", sigma_max: float = 200.0, lazy_experts: bool = False) -> dict:
     """The components of a TurboWan2.2-I2V-A14B pipeline (see `turbo_component_files`): the Turbo experts in
-    ``torch_dtype``, umT5 and the VAE in bfloat16 as TurboDiffusion runs them, and an `RCMScheduler`."""
+    ``torch_dtype`` (on ``meta`` with ``lazy_experts``), umT5 and the VAE in bfloat16 as TurboDiffusion runs them,
+    and an `RCMScheduler`."""
     _check_arguments(quantized, sla_topk, torch_dtype)
     scheduler = RCMScheduler(sigma_max=sigma_max, sampler=sampler)  # validates sampler / sigma_max first
     files = turbo_component_files(folder, quantized, components)
     return dict(
-        transformer=load_turbo_transformer(folder, quantized, sla_topk, torch_dtype),
+        transformer=load_turbo_transformer(folder, quantized, sla_topk, torch_dtype, meta=lazy_experts),
         text_encoder=load_turbo_text_encoder(files["text_encoder"]),
         tokenizer=load_official_tokenizer(files["tokenizer"]),
         vae=load_turbo_vae(files["vae"]),

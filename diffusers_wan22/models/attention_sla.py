@@ -79,36 +79,45 @@ def sla_block_map(q: torch.Tensor, k: torch.Tensor, topk: float, block_q: int = 
     return scores.topk(n, dim=-1, sorted=False).indices
 
 
-def _sparse_rows(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, lut: torch.Tensor, block_q: int,
-                 block_k: int) -> torch.Tensor:
-    """Sparse branch for ``q, k, v [R, L, D]`` (R = batch x heads) and ``lut [R, Mq, n]``."""
-    rows, length, dim = q.shape
-    mq, n = lut.shape[1], lut.shape[2]
-    nk = math.ceil(length / block_k)
-    k_blocks = F.pad(k, (0, 0, 0, nk * block_k - length)).unflatten(1, (nk, block_k))
-    v_blocks = F.pad(v, (0, 0, 0, nk * block_k - length)).unflatten(1, (nk, block_k))
-    r_idx = torch.arange(rows, device=q.device)[:, None, None]
-    k_sel = k_blocks[r_idx, lut].flatten(2, 3)  # [R, Mq, n * block_k, D]
+def _sparse_chunk(q_blocks: torch.Tensor, k_blocks: torch.Tensor, v_blocks: torch.Tensor, lut: torch.Tensor,
+                  length: int) -> torch.Tensor:
+    """Sparse branch of query blocks ``[R, M, block_q, D]`` over their selected key blocks (``lut [R, M, n]``) of
+    ``k_blocks``, ``v_blocks [R, Nk, block_k, D]`` (zero-padded past ``length`` keys)."""
+    block_k = k_blocks.shape[2]
+    r_idx = torch.arange(q_blocks.shape[0], device=q_blocks.device)[:, None, None]
+    k_sel = k_blocks[r_idx, lut].flatten(2, 3)  # [R, M, n * block_k, D]
     v_sel = v_blocks[r_idx, lut].flatten(2, 3)
-    q_blocks = F.pad(q, (0, 0, 0, mq * block_q - length)).unflatten(1, (mq, block_q))  # [R, Mq, block_q, D]
     mask = None
     if length % block_k:  # only the last key block has padding rows: hide them
-        key_pos = lut[..., None] * block_k + torch.arange(block_k, device=q.device)
-        mask = (key_pos < length).flatten(2)[:, :, None, :]  # [R, Mq, 1, n * block_k]
-    out = F.scaled_dot_product_attention(q_blocks, k_sel, v_sel, attn_mask=mask)
-    return out.flatten(1, 2)[:, :length]
+        key_pos = lut[..., None] * block_k + torch.arange(block_k, device=lut.device)
+        mask = (key_pos < length).flatten(2)[:, :, None, :]  # [R, M, 1, n * block_k]
+    return F.scaled_dot_product_attention(q_blocks, k_sel, v_sel, attn_mask=mask)
 
 
 def sparse_block_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, lut: torch.Tensor,
                            block_q: int = BLOCK_Q, block_k: int = BLOCK_K) -> torch.Tensor:
-    """Softmax attention of each query block over its selected key blocks only; ``[B, H, L, D]``, input dtype."""
+    """Softmax attention of each query block over its selected key blocks only; ``[B, H, L, D]``, input dtype.
+
+    Work is split into chunks of (batch x head) rows and of query blocks so that the gathered keys and values of a
+    chunk stay within a fixed element budget, whatever the sequence length.
+    """
     b, h, length, dim = q.shape
-    flat = [t.reshape(b * h, *t.shape[2:]) for t in (q, k, v, lut)]
-    # Chunk (batch x head) rows so the gathered keys and values stay within a fixed memory budget.
-    per_row = lut.shape[-2] * lut.shape[-1] * block_k * dim
-    chunk = max(1, _GATHER_BUDGET // max(per_row, 1))
-    outs = [_sparse_rows(*(t[i:i + chunk] for t in flat), block_q, block_k) for i in range(0, b * h, chunk)]
-    return torch.cat(outs).view(b, h, length, dim)
+    mq, n = lut.shape[-2], lut.shape[-1]
+    nk = math.ceil(length / block_k)
+    rows = b * h
+    q_blocks = F.pad(q.reshape(rows, length, dim), (0, 0, 0, mq * block_q - length)).unflatten(1, (mq, block_q))
+    k_blocks, v_blocks = (F.pad(t.reshape(rows, length, dim), (0, 0, 0, nk * block_k - length)).unflatten(
+        1, (nk, block_k)) for t in (k, v))
+    lut = lut.reshape(rows, mq, n)
+    per_block = n * block_k * dim  # gathered key elements of one query block of one row
+    blocks = max(1, _GATHER_BUDGET // per_block)  # query blocks per chunk, over all rows of the chunk
+    row_step, block_step = max(1, blocks // mq), min(mq, blocks)
+    out = torch.empty_like(q_blocks)
+    for r in range(0, rows, row_step):
+        for m in range(0, mq, block_step):
+            rs, ms = slice(r, r + row_step), slice(m, m + block_step)
+            out[rs, ms] = _sparse_chunk(q_blocks[rs, ms], k_blocks[rs], v_blocks[rs], lut[rs, ms], length)
+    return out.flatten(1, 2)[:, :length].reshape(b, h, length, dim)
 
 
 def linear_attention_branch(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:

@@ -147,6 +147,8 @@ class TurboWanMoETransformer3DModel(WanMoETransformer3DModel):
     """
 
     _keep_in_fp32_modules = TurboWanTransformer3DModel._keep_in_fp32_modules
+    # The parent's per-expert precision records (fp8 / torchao policies) do not apply to Turbo experts.
+    ignore_for_config = ["expert_precision"]
 
     @register_to_config
     def __init__(

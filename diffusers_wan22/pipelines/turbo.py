@@ -21,7 +21,7 @@ import torch
 from diffusers import AutoencoderKLWan
 from diffusers.utils.torch_utils import get_module_execution_device
 
-from ..loaders.turbo import load_turbo_components
+from ..loaders.turbo import load_turbo_components, turbo_expert_sources
 from ..models.attention_sla import check_sla_selects_blocks
 from ..models.transformer_wan_turbo import TurboWanMoETransformer3DModel
 from ..models.turbo_numerics import use_native_dtype_vae_norms
@@ -80,7 +80,7 @@ class Wan22TurboMixin:
     @classmethod
     def from_turbo(cls, folder: str | os.PathLike, quantized: bool = False, sla_topk: float | None = 0.1,
                    torch_dtype: torch.dtype | None = None, components: str | os.PathLike | None = None,
-                   sampler: str = "sde", sigma_max: float = 200.0):
+                   sampler: str = "sde", sigma_max: float = 200.0, lazy_experts: bool = False, **lazy_kwargs):
         """TurboWan2.2-I2V-A14B from TurboDiffusion's published files.
 
         Args:
@@ -93,11 +93,23 @@ class Wan22TurboMixin:
             components: the official Wan2.2-I2V-A14B folder to take umT5, tokenizer and VAE from.
             sampler / sigma_max: the `RCMScheduler` settings (TurboDiffusion: ``"sde"``, 200; ``"ode"`` = its
                 ``--ode``).
+            lazy_experts: read no expert now; each is read from its `.pth` at its first step and released when the
+                other runs (``prefetch_steps`` / ``prefetch_bytes`` as in `enable_lazy_experts`).
         """
         cls.check_variant("i2v-A14B", folder)
-        pipe = cls(**load_turbo_components(folder, quantized, sla_topk, torch_dtype, components, sampler, sigma_max))
-        pipe.lazy_source = None
+        pipe = cls(**load_turbo_components(folder, quantized, sla_topk, torch_dtype, components, sampler, sigma_max,
+                                           lazy_experts))
+        pipe.lazy_source = turbo_expert_sources(folder, quantized, sla_topk)  # for `enable_lazy_experts` later too
+        if lazy_experts:
+            pipe.enable_lazy_experts(pipe.lazy_source, **lazy_kwargs)
         return pipe
+
+    def estimate_memory(self, height: int | None = None, width: int | None = None, num_frames: int | None = None,
+                        mode: str = "expert_offload", **kwargs):
+        """`Wan22MemoryMixin.estimate_memory`; W8A8 Turbo experts are counted at their int8 bytes (``"w8a8"``)."""
+        if self.is_turbo and self.transformer.config.w8a8:
+            kwargs.setdefault("precision", "w8a8")
+        return super().estimate_memory(height, width, num_frames, mode=mode, **kwargs)
 
     @property
     def is_turbo(self) -> bool:

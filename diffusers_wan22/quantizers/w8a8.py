@@ -115,9 +115,10 @@ def dequantize_weight(weight_int8: torch.Tensor, weight_scale: torch.Tensor, dty
 class W8A8Linear(torch.nn.Module):
     """A linear layer with TurboDiffusion's int8 weight + 128x128 block scales and int8 block-quantized activations.
 
-    Buffers ``int8_weight`` (int8 ``[out, in]``) and ``scale`` (float32 ``[ceil(out/128), ceil(in/128)]``) keep
-    their dtypes under ``module.to(dtype)`` (the scales are float32 by design); ``bias`` is a parameter that follows
-    the model's dtype, as a `torch.nn.Linear` bias does.
+    ``int8_weight`` (int8 ``[out, in]``) and ``scale`` (float32 ``[ceil(out/128), ceil(in/128)]``) are frozen
+    parameters (so offload hooks, group offloading and lazy experts move and release them like any weight; the state
+    dict keys are TurboDiffusion's) that keep their dtypes under ``module.to(dtype)``: the scales are float32 by
+    design. ``bias`` follows the model's dtype, as a `torch.nn.Linear` bias does.
 
     Args:
         in_features, out_features: the linear's shape.
@@ -134,8 +135,9 @@ class W8A8Linear(torch.nn.Module):
             raise ValueError(f"`mode` must be one of {W8A8_MODES}, got {mode!r}.")
         self.in_features, self.out_features, self.mode = in_features, out_features, mode
         blocks = (math.ceil(out_features / BLOCK), math.ceil(in_features / BLOCK))
-        self.register_buffer("int8_weight", torch.zeros(out_features, in_features, dtype=torch.int8, device=device))
-        self.register_buffer("scale", torch.ones(blocks, dtype=torch.float32, device=device))
+        self.int8_weight = torch.nn.Parameter(torch.zeros(out_features, in_features, dtype=torch.int8, device=device),
+                                              requires_grad=False)
+        self.scale = torch.nn.Parameter(torch.ones(blocks, dtype=torch.float32, device=device), requires_grad=False)
         self.bias = torch.nn.Parameter(torch.zeros(out_features, dtype=dtype, device=device),
                                        requires_grad=False) if bias else None
 
@@ -150,13 +152,14 @@ class W8A8Linear(torch.nn.Module):
 
     def _apply(self, fn, recurse: bool = True):
         # `module.to(torch.bfloat16)` must not round the float32 scales: move them with the int8 weight instead.
-        scale = self._buffers.pop("scale")
+        scale = self._parameters.pop("scale")
         try:
             super()._apply(fn, recurse)
         finally:
             device = self.int8_weight.device
-            self._buffers["scale"] = (torch.empty_like(scale, device=device) if scale.is_meta and device.type != "meta"
-                                      else scale.to(device))
+            moved = (torch.empty_like(scale, device=device) if scale.is_meta and device.type != "meta"
+                     else scale.to(device))
+            self._parameters["scale"] = torch.nn.Parameter(moved, requires_grad=False)
         return self
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -178,8 +181,8 @@ class W8A8Linear(torch.nn.Module):
         layer = cls(linear.in_features, linear.out_features, bias=linear.bias is not None, mode=mode,
                     dtype=linear.weight.dtype, device=linear.weight.device)
         q, s = quantize_blocks(linear.weight.detach())
-        layer.int8_weight.copy_(q)
-        layer.scale.copy_(s)
+        layer.int8_weight.data.copy_(q)
+        layer.scale.data.copy_(s)
         if linear.bias is not None:
             layer.bias.data.copy_(linear.bias.detach())
         return layer
