@@ -60,11 +60,16 @@ def check_sla_selects_blocks(num_tokens: int, topk: float, block_k: int = BLOCK_
 def _block_means(x: torch.Tensor, block: int) -> torch.Tensor:
     """Mean over consecutive ``block`` rows of ``x [..., L, D]``; the last block averages only its real rows."""
     length = x.shape[-2]
-    n = math.ceil(length / block)
-    sums = F.pad(x, (0, 0, 0, n * block - length)).unflatten(-2, (n, block)).sum(dim=-2)
-    counts = torch.full((n, 1), float(block), dtype=x.dtype, device=x.device)
-    counts[-1] = length - (n - 1) * block
-    return sums / counts
+    full = length // block
+    means = x[..., : full * block, :].unflatten(-2, (full, block)).mean(dim=-2)  # a view: no copy of x
+    if length % block:
+        means = torch.cat([means, x[..., full * block:, :].mean(dim=-2, keepdim=True)], dim=-2)
+    return means
+
+
+def _pad_rows(x: torch.Tensor, rows: int) -> torch.Tensor:
+    """``x [..., L, D]`` zero-padded to ``rows`` rows (no copy when it has them already)."""
+    return x if x.shape[-2] == rows else F.pad(x, (0, 0, 0, rows - x.shape[-2]))
 
 
 def sla_block_map(q: torch.Tensor, k: torch.Tensor, topk: float, block_q: int = BLOCK_Q,
@@ -105,13 +110,16 @@ def sparse_block_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, lu
     mq, n = lut.shape[-2], lut.shape[-1]
     nk = math.ceil(length / block_k)
     rows = b * h
-    q_blocks = F.pad(q.reshape(rows, length, dim), (0, 0, 0, mq * block_q - length)).unflatten(1, (mq, block_q))
-    k_blocks, v_blocks = (F.pad(t.reshape(rows, length, dim), (0, 0, 0, nk * block_k - length)).unflatten(
-        1, (nk, block_k)) for t in (k, v))
+    q_blocks = _pad_rows(q.reshape(rows, length, dim), mq * block_q).unflatten(1, (mq, block_q))
+    k_blocks, v_blocks = (_pad_rows(t.reshape(rows, length, dim), nk * block_k).unflatten(1, (nk, block_k))
+                          for t in (k, v))
     lut = lut.reshape(rows, mq, n)
     per_block = n * block_k * dim  # gathered key elements of one query block of one row
     blocks = max(1, _GATHER_BUDGET // per_block)  # query blocks per chunk, over all rows of the chunk
     row_step, block_step = max(1, blocks // mq), min(mq, blocks)
+    if row_step >= rows:  # one chunk holds everything (short sequences): no output buffer to fill
+        out = _sparse_chunk(q_blocks, k_blocks, v_blocks, lut, length)
+        return out.flatten(1, 2)[:, :length].reshape(b, h, length, dim)
     out = torch.empty_like(q_blocks)
     for r in range(0, rows, row_step):
         for m in range(0, mq, block_step):
@@ -124,8 +132,10 @@ def linear_attention_branch(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -
     """SLA's linear branch before ``proj_l``: softmax feature maps over the head dim, normalised linear attention."""
     phi_q, phi_k = q.softmax(dim=-1), k.softmax(dim=-1)
     kv = phi_k.transpose(-1, -2) @ v  # [B, H, D, D]
-    k_sum = phi_k.sum(dim=-2, keepdim=True)
-    return (phi_q @ kv) / (1e-5 + (phi_q * k_sum).sum(dim=-1, keepdim=True))
+    k_sum = phi_k.sum(dim=-2)  # [B, H, D]
+    # numerator and normaliser in one product: phi_q @ [kv | k_sum]
+    both = phi_q @ torch.cat([kv, k_sum[..., None]], dim=-1)
+    return both[..., :-1] / (1e-5 + both[..., -1:])
 
 
 def sparse_linear_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, proj_l: torch.nn.Linear, topk: float,
