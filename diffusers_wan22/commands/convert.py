@@ -15,7 +15,7 @@ def run(args) -> int:
             raise CliError("TurboWan2.2 folders convert to the wan22 layout (stock diffusers has no Turbo "
                            "pipeline) as i2v-A14B")
         report = convert_turbo_checkpoint(args.src, args.dst, quantized=quantized, components=args.components,
-                                          dtype=args.dtype, max_shard_size=args.max_shard_size,
+                                          sla_topk=args.sla_topk, dtype=args.dtype, max_shard_size=args.max_shard_size,
                                           overwrite=args.overwrite, verify=args.verify)
     else:
         if args.components is not None:

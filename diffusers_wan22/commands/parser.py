@@ -138,8 +138,6 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("--memory_mode", choices=MEMORY_MODES, default=None,
                      help="memory mode (see `wan22 plan`); overrides --offload_model")
     add_turbo_arguments(gen)
-    gen.add_argument("--sla_topk", type=float, default=0.1,
-                     help="TurboWan2.2: fraction of key blocks SLA keeps (default: %(default)s)")
     gen.add_argument("--output", default=None, help="mp4 path (default: wan22_<time>.mp4)")
     gen.add_argument("--output_dir", default="wan22_outputs", help="with --prompts (default: %(default)s)")
 
@@ -194,6 +192,8 @@ def add_turbo_arguments(parser: argparse.ArgumentParser) -> None:
                              "folder to take them from")
     parser.add_argument("--quant_linear", action="store_true",
                         help="TurboWan2.2: use the W8A8 '-quant' expert files (default: the plain ones when present)")
+    parser.add_argument("--sla_topk", type=float, default=0.1,
+                        help="TurboWan2.2: fraction of key blocks SLA keeps (default: %(default)s)")
 
 
 def add_plan_arguments(parser: argparse.ArgumentParser) -> None:

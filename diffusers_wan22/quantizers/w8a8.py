@@ -82,6 +82,8 @@ def _w8a8_rows(x_rows: torch.Tensor, w_blocks: torch.Tensor, col_scale: torch.Te
     """W8A8 product of a chunk of rows whose first row starts a 128-row quantization tile."""
     xq, xs = quantize_blocks(x_rows)
     x_blocks = _k_blocks(xq)
+    # torch's CUDA int8 GEMM needs more than 16 rows; the float path gives the same integers for short inputs.
+    use_int_mm = use_int_mm and (x_rows.device.type != "cuda" or x_rows.shape[0] > 16)
     row_scale = xs.repeat_interleave(BLOCK, dim=0)[: x_rows.shape[0]]  # [rows, KB]: scale of each token's tile
     out = torch.zeros(x_rows.shape[0], w_blocks.shape[1], dtype=torch.float32, device=x_rows.device)
     for j in range(w_blocks.shape[0]):  # K blocks in order: the float32 accumulation order of the kernel
