@@ -25,11 +25,14 @@ _EXPORTS: dict[str, str] = {
                      "Wan22PipelineOutput", "Wan22SpeechToVideoPipelineOutput", "load_pipeline",
                      "build_demo_pipeline", "PIPELINES"], "pipelines"),
     # models
-    **dict.fromkeys(["WanMoETransformer3DModel", "WanS2VTransformer3DModel"], "models"),
+    **dict.fromkeys(["WanMoETransformer3DModel", "WanS2VTransformer3DModel", "TurboWanMoETransformer3DModel",
+                     "TurboWanTransformer3DModel"], "models"),
+    **dict.fromkeys(["SLAAttnProcessor", "sparse_linear_attention"], "models.attention_sla"),
     # schedulers
     **dict.fromkeys(["set_official_timesteps", "official_scheduler", "official_unshifted_sigmas", "shift_sigmas",
                      "solver_family"], "schedulers.official"),
     **dict.fromkeys(["plan_experts", "expert_split_unshifted_sigmas"], "schedulers.experts"),
+    **dict.fromkeys(["RCMScheduler"], "schedulers.scheduling_rcm"),
     # loaders
     **dict.fromkeys(["load_official_components", "load_official_text_stack"], "loaders.official"),
     **dict.fromkeys(["detect_official_variant", "detect_saved_task"], "core.folders"),
@@ -41,6 +44,8 @@ _EXPORTS: dict[str, str] = {
     **dict.fromkeys(["SafetensorsExpertSource", "sources_from_folder", "official_expert_sources"],
                     "loaders.expert_sources"),
     **dict.fromkeys(["build_tiny_components"], "loaders.tiny"),
+    **dict.fromkeys(["load_turbo_transformer", "load_turbo_expert", "load_turbo_text_encoder", "load_turbo_vae",
+                     "is_turbo_folder"], "loaders.turbo"),
     **dict.fromkeys(["Wan22LoraLoaderMixin"], "loaders.lora"),
     # hooks and quantizers
     **dict.fromkeys(["LazyExperts", "CallableExpertSource", "is_materialised", "release_to_meta"],
@@ -48,6 +53,7 @@ _EXPORTS: dict[str, str] = {
     **dict.fromkeys(["apply_precision", "quantization_state", "parameter_bytes", "logical_numel", "precision_report",
                      "QuantizationUnavailableError"], "hooks.precision"),
     **dict.fromkeys(["load_gguf_expert", "gguf_tensor_shapes", "gguf_quant_types"], "quantizers.gguf"),
+    **dict.fromkeys(["W8A8Linear"], "quantizers.w8a8"),
     # utils
     **dict.fromkeys(["save_video"], "utils.video"),
     **dict.fromkeys(["load_audio", "SAMPLING_RATE"], "utils.audio"),

@@ -123,6 +123,17 @@ def set_fused_lora_names(pipe: DiffusionPipeline, names: set[str]) -> None:
 
 
 # ------------------------------------------------------------------------------------------ torch
+def int8_matmul_available() -> bool:
+    """Whether torch has its int8 GEMM (``torch._int_mm``: int8 x int8 -> int32, CPU and CUDA, torch >= 2.2)."""
+    return hasattr(torch, "_int_mm")
+
+
+def int8_matmul(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """``a [M, K] @ b [K, N]`` for int8 matrices with exact int32 accumulation: torch 2.13.0's private
+    ``torch._int_mm`` (CUDA needs M > 16 and K, N multiples of 8; ``b`` may be a transposed view)."""
+    return torch._int_mm(a, b)
+
+
 @contextlib.contextmanager
 def accelerator_count_at_least_one() -> Iterator[None]:
     """On a machine without an accelerator, let ``torch.accelerator.device_count()`` read 1 inside the block.

@@ -104,8 +104,7 @@ def gguf_files(tmp: Path, quant_type: str) -> dict[str, Path]:
 
 
 def fixture_policies(tmp: Path) -> list[dict]:
-    from diffusers_wan22 import Wan22Pipeline, WanMoETransformer3DModel
-    from diffusers_wan22 import gguf_quant_types, parameter_bytes
+    from diffusers_wan22 import Wan22Pipeline, WanMoETransformer3DModel, gguf_quant_types, parameter_bytes
 
     have_torchao = torchao_available() is not None
     rows, reference, bf16 = [], None, None

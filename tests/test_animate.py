@@ -24,7 +24,10 @@ from conftest import OFFICIAL, assert_close_rel
 from diffusers_wan22 import Wan22AnimatePipeline
 from diffusers_wan22.core.animate import ANIMATE_CLIP_FILE, ANIMATE_PROMPT, RELIGHTING_LORA_FILE, source_folder_files
 from diffusers_wan22.loaders.animate import (
-    load_official_animate_components, load_official_animate_transformer, load_relighting_lora, read_relighting_lora,
+    load_official_animate_components,
+    load_official_animate_transformer,
+    load_relighting_lora,
+    read_relighting_lora,
 )
 from diffusers_wan22.pipelines.pipeline_wan22_animate import plan_clips, reference_image_features
 from diffusers_wan22.utils.animate_inputs import check_clip_settings, load_animate_inputs, read_video, unit_range

@@ -15,7 +15,8 @@ ROOT = Path(__file__).resolve().parents[1]
 PACKAGE = ROOT / "diffusers_wan22"
 MODULES = sorted(PACKAGE.rglob("*.py"))
 # Imports allowed inside functions: optional, heavy backends that most users never load (each with a comment).
-OPTIONAL_BACKENDS = {"torchao", "gguf", "peft", "gradio", "cv2", "sla", "spas_sage_attn", "sageattention", "triton"}
+OPTIONAL_BACKENDS = {"torchao", "gguf", "peft", "gradio", "cv2", "sla", "spas_sage_attn", "sageattention", "triton",
+                     "sparse_linear_attention"}
 # The class-attribute protocol diffusers' / transformers' base classes document for subclasses to set, and our own
 # bookkeeping attributes: reading these is not reaching into a library's internals.
 PROTOCOL_ATTRS = {

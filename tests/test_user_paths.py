@@ -40,16 +40,19 @@ from diffusers_wan22.cli import main
 ROOT = Path(__file__).resolve().parent.parent
 FIXTURES = {"t2v-A14B": OFFICIAL / "t2v_a14b", "i2v-A14B": OFFICIAL / "i2v_a14b", "ti2v-5B": OFFICIAL / "ti2v_5b",
             "s2v-14B": OFFICIAL / "s2v_14b", "animate-14B": OFFICIAL / "animate_14b"}
+TURBO = ROOT / "tests" / "fixtures" / "turbo" / "components"  # TurboDiffusion's expert files, tiny
 # README names the official download folders (Wan-AI/Wan2.2-<Name>); Animate's preprocessing output folder -> the
 # fixture's inputs
 README_FOLDERS = {**{f"./Wan2.2-{task.upper()}": str(path) for task, path in FIXTURES.items()},
                   "./Wan2.2-Animate-14B": str(FIXTURES["animate-14B"]),
-                  "./process_results": str(FIXTURES["animate-14B"] / "inputs" / "animate")}
+                  "./process_results": str(FIXTURES["animate-14B"] / "inputs" / "animate"),
+                  "./TurboWan2.2": str(TURBO)}
 # small runs: (size, frame flags) per task
 SMALL = {"t2v-A14B": ["--size", "32*32", "--frame_num", "1"], "i2v-A14B": ["--size", "32*32", "--frame_num", "1"],
          "ti2v-5B": ["--size", "64*64", "--frame_num", "1"],
          "s2v-14B": ["--size", "64*64", "--infer_frames", "4", "--num_clip", "1"],
-         "animate-14B": ["--frame_num", "5"]}
+         "animate-14B": ["--frame_num", "5"],
+         "turbo": ["--size", "304*256", "--frame_num", "5"]}  # SLA keeps 10% of the key blocks: enough tokens for one
 FAST = ["--sample_steps", "2", "--dtype", "fp32", "--device", "cpu"]
 
 
@@ -206,7 +209,7 @@ def offline_argv(command: str) -> list[str]:
         return [*argv, "--size", "32*32", "--frame_num", "1", "--sample_steps", "2"]
     if argv[0] != "generate":
         return argv
-    task = next((t for t, folder in FIXTURES.items() if str(folder) in argv), "t2v-A14B")
+    task = "turbo" if str(TURBO) in argv else next((t for t, f in FIXTURES.items() if str(f) in argv), "t2v-A14B")
     steps = [] if "--expert_steps" in argv else ["--sample_steps", "1"]
     return [*argv, *SMALL[task], *steps, "--dtype", "fp32", "--device", "cpu"]
 
@@ -334,3 +337,12 @@ def test_a_pipeline_class_refuses_another_variants_folder_before_reading_it(tmp_
     with pytest.raises(ValueError, match="holds a i2v-A14B model, which Wan22Pipeline does not run .* load it with "
                                          "Wan22ImageToVideoPipeline"):
         Wan22Pipeline.from_official(folder)
+
+
+def test_ci_runs_the_readme_test_command():
+    """README's first screen has exactly two commands (main job, test suite); `.ci/run` runs the second verbatim."""
+    first_block = re.search(r"```bash\n(.*?)```", (ROOT / "README.md").read_text(), flags=re.S)[1]
+    main_job, test_suite = [line.split("  #")[0].strip() for line in first_block.strip().splitlines()]
+    assert main_job.endswith("wan22 demo") and test_suite.endswith("python -m pytest -q")
+    ci = [line for line in (ROOT / ".ci" / "run").read_text().splitlines() if line and not line.startswith("#")]
+    assert ci[-1] == test_suite

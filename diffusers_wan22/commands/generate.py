@@ -25,6 +25,7 @@ from ..pipelines import (
     load_pipeline,
 )
 from ..pipelines.checks import device_memory_bytes
+from ..schedulers.scheduling_rcm import RCMScheduler
 from ..utils.memory_specs import spec_from_pipeline
 from ..utils.video import save_video
 from .demo import report_steps
@@ -44,8 +45,9 @@ def pipeline_class(task: str, with_image: bool):
 
 def load_task_pipeline(model: str, task: str, with_image: bool, torch_dtype, lazy_experts: bool = False, **kwargs):
     """The pipeline for ``task`` from ``tiny``, an official folder or a saved folder of either layout (re-wrapped
-    if needed). ``lazy_experts``: the A14B experts are not read now but one at a time at their first step;
-    ``kwargs`` go to the loader (animate-14B: ``use_relighting_lora``)."""
+    if needed) or a TurboWan2.2 folder. ``lazy_experts``: the A14B experts are not read now but one at a time at
+    their first step; ``kwargs`` go to the loader (animate-14B: ``use_relighting_lora``; TurboWan2.2: the
+    `from_turbo` options)."""
     cls = pipeline_class(task, with_image)
     if lazy_experts:
         kwargs["lazy_experts"] = True
@@ -93,6 +95,8 @@ def describe_resolution(args, resolution: tuple[int, int] | None) -> str:
         frames = args.frame_num or d.num_frames
         plural = "s" * (frames != 1)
         return f"Resolution: {width}x{height}, {frames} frame{plural} ({frames / d.fps:.1f} s at {d.fps} fps)"
+    if args.size is None and getattr(args, "turbo_quantized", None) is not None:
+        return f"Resolution: {resolution[0]}x{resolution[1]}: TurboDiffusion's 720p size closest to the image's shape"
     area = "the default area" if args.size is None else f"the --size {args.size[0]}*{args.size[1]} area"
     return f"Resolution: {resolution[0]}x{resolution[1]}: the image's aspect ratio within {area}"
 
@@ -123,8 +127,13 @@ def place_pipeline(pipe, args, device) -> None:
         pipe.text_encoder = text_encoder.to("cpu")  # prompts are then encoded on the CPU, embeddings moved over
 
 
-def set_scheduler(pipe, solver: str, shift: float | None) -> None:
-    """``--sample_solver`` / ``--sample_shift``: the official solvers on the official grid (see schedulers/)."""
+def set_scheduler(pipe, solver: str | None, shift: float | None) -> None:
+    """``--sample_solver`` / ``--sample_shift``: the official solvers on the official grid (see schedulers/);
+    TurboWan2.2 experts take the rCM sampler's ``sde`` (default) or ``ode``."""
+    if getattr(pipe, "is_turbo", False):  # validate.check_turbo_flags refused the official solvers and --shift
+        if solver is not None:
+            pipe.scheduler = RCMScheduler.from_config(pipe.scheduler.config, sampler=solver)
+        return
     if solver == "dpm++" or shift is not None:
         cls = DPMSolverMultistepScheduler if solver == "dpm++" else UniPCMultistepScheduler
         overrides = {} if shift is None else {"flow_shift": shift}
@@ -145,6 +154,8 @@ def run(args) -> int:
     resolution = check_before_loading(args, device)
     lazy = args.memory_mode == "lazy_experts"
     extra = {"use_relighting_lora": True} if args.use_relighting_lora else {}
+    if args.turbo_quantized is not None:
+        extra.update(quantized=args.turbo_quantized, components=args.components, sla_topk=args.sla_topk)
     pipe = load_task_pipeline(args.model, args.task, args.image is not None, DTYPES[args.dtype], lazy_experts=lazy,
                               **extra)
     if is_tiny(args.model) and not args.no_memory_check:  # its sizes come from the built (tiny) modules

@@ -17,7 +17,7 @@ from pathlib import Path
 
 from .. import __version__
 from ..core.memory_planner import POLICY_BYTES
-from ..core.names import DTYPE_NAMES, MEMORY_MODES, PRECISION_SCOPES, SOLVERS
+from ..core.names import DTYPE_NAMES, MEMORY_MODES, PRECISION_SCOPES, RCM_SAMPLERS, SOLVERS
 from ..core.variants import VARIANTS
 
 TASKS = list(VARIANTS)
@@ -36,6 +36,8 @@ EPILOG = """examples:
         --expert_steps 2 2 --sample_guide_scale 1   # the two-file 4-step LoRAs: 2 + 2 steps, no CFG
   wan22 generate --model tiny --task s2v-14B --image face.png --audio speech.wav --prompt "x"   # no weights needed
   wan22 convert ./Wan2.2-T2V-A14B ./Wan2.2-T2V-A14B-wan22 --verify
+  wan22 generate --model ./TurboWan2.2 --components ./Wan2.2-I2V-A14B --image cat.jpg --prompt "A cat surfing."
+        # TurboDiffusion's 4-step experts (add --quant_linear for the -quant files, --sample_solver ode for --ode)
   wan22 info ./Wan2.2-T2V-A14B
   wan22 plan --size 1280*720 --frame_num 81          # memory of each offload mode for T2V-A14B
   wan22 plan --precision_table --model i2v-A14B      # which precision policies fit 24 / 40 GB
@@ -112,6 +114,18 @@ class _Parser(argparse.ArgumentParser):
         return out
 
 
+# ------------------------------------------------------------------------------------------------ turbo flags
+# TurboDiffusion's TurboWan2.2-I2V-A14B folders: shared by `generate` and `convert`.
+TURBO_FLAGS: dict[str, dict] = {
+    "components": dict(metavar="DIR", type=Path, default=None,
+                       help="TurboWan2.2 folder without umT5 / tokenizer / Wan2.1 VAE: the official Wan2.2-I2V-A14B "
+                            "folder to take them from"),
+    "quant_linear": dict(action="store_true",
+                         help="TurboWan2.2: use the W8A8 '-quant' expert files (default: the plain ones when present)"),
+    "sla_topk": dict(metavar="FRACTION", type=float, default=None,
+                     help="TurboWan2.2: fraction of key blocks SLA keeps (default: 0.1)"),
+}
+
 # ------------------------------------------------------------------------------------------------ generate flags
 # name -> argparse keyword arguments. `wan22 generate` uses all of them; each example uses the ones it needs
 # (`example_parser`), so the CLI and the examples share one vocabulary.
@@ -136,7 +150,8 @@ GENERATE_FLAGS: dict[str, dict] = {
     "sample_shift": dict(metavar="SHIFT", type=float, default=None,
                          help="noise schedule shift, a number > 0 (default: the "
                                                         "variant's, 12 / 5 / 3)"),
-    "sample_solver": dict(choices=SOLVERS, default="unipc"),
+    "sample_solver": dict(choices=SOLVERS + RCM_SAMPLERS, default=None,
+                          help="unipc (default) / dpm++; TurboWan2.2 folders: sde (default) / ode"),
     "sample_guide_scale": dict(metavar="SCALE", type=float, nargs="+", default=None,
                                help="classifier-free guidance: one value for both experts, or two for A14B: HIGH LOW "
                                     "(high-noise then low-noise expert); 1 disables guidance"),
@@ -172,6 +187,7 @@ GENERATE_FLAGS: dict[str, dict] = {
     "offload_model": dict(action="store_true", help="per-expert CPU offload (= --memory_mode expert_offload)"),
     "t5_cpu": dict(action="store_true", help="keep the UMT5 text encoder on the CPU (saves ~11 GB)"),
     "memory_mode": dict(choices=MEMORY_MODES, default=None, help="memory mode (see `wan22 plan`)"),
+    **TURBO_FLAGS,
     "offload_dir": dict(metavar="DIR", type=Path, default=None,
                         help="--memory_mode group_offload: spill groups to this folder"),
     "no_memory_check": dict(action="store_true",
@@ -277,6 +293,13 @@ def add_convert_arguments(parser: argparse.ArgumentParser) -> None:
                         help="largest output shard (default: %(default)s)")
     parser.add_argument("--overwrite", action="store_true", help="replace an existing DST (otherwise refused)")
     parser.add_argument("--verify", action="store_true", help="re-read DST and checksum every tensor vs its source")
+    add_turbo_arguments(parser)
+
+
+def add_turbo_arguments(parser: argparse.ArgumentParser) -> None:
+    """Options of TurboDiffusion's TurboWan2.2-I2V-A14B folders (`convert`; `generate` has them in GENERATE_FLAGS)."""
+    for name, spec in TURBO_FLAGS.items():
+        parser.add_argument(f"--{name}", **spec)
 
 
 def add_plan_arguments(parser: argparse.ArgumentParser) -> None:

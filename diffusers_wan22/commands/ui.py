@@ -11,8 +11,8 @@ import torch
 
 from ..ui import build_app, launch
 from ..ui.form import UsageError
-from .parser import build_parser
 from .errors import CliError
+from .parser import build_parser
 from .validate import check_host, resolve_task, validate_generate
 
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import importlib.util
 import ipaddress
+import json
 import math
 import os
 import random
@@ -20,10 +21,27 @@ import time
 from pathlib import Path
 
 from ..core.animate import REFERENCE_FRAME_CHOICES, source_folder_files
-from ..core.folders import detect_official_variant, detect_saved_task
-from ..core.image_sizes import i2v_a14b_size, s2v_size, ti2v_best_output_size
+from ..core.folders import detect_official_variant, detect_saved_task, turbo_folder_kinds
+from ..core.image_sizes import (
+    closest_aspect_ratio,
+    i2v_a14b_size,
+    s2v_size,
+    ti2v_best_output_size,
+    turbo_adaptive_size,
+    turbo_fixed_size,
+)
 from ..core.memory_planner import SPECS
-from ..core.names import EXPERT_CHOICES, MODEL_INDEX
+from ..core.names import (
+    EXPERT_CHOICES,
+    MODEL_INDEX,
+    RCM_SAMPLERS,
+    SOLVERS,
+    T5_FILE,
+    TOKENIZER_DIR,
+    TURBO_MAX_STEPS,
+    TURBO_SLA_TOPK,
+    VAE_FILES,
+)
 from ..core.variants import VARIANTS, get_variant
 from .errors import CliError
 from .media import check_audio_file, check_safetensors_file, check_video_file, image_size
@@ -64,7 +82,9 @@ def resolve_task(model: str, task: str | None) -> str:
     if not path.is_dir():
         raise CliError("--model", f"--model {model!r} is not a folder (download the checkpoint first) nor 'tiny'")
     try:
-        if (path / MODEL_INDEX).exists():
+        if turbo_folder_kinds(path):  # TurboDiffusion's TurboWan2.2-I2V-A14B experts
+            found = "i2v-A14B"
+        elif (path / MODEL_INDEX).exists():
             found = detect_saved_task(path)
             if found == "i2v-A14B" and task == "ti2v-5B":
                 found = task  # Wan22ImageToVideoPipeline serves both
@@ -148,13 +168,17 @@ def check_steps(sample_steps: int | None, expert_steps, task: str) -> None:
                                          f"{sum(expert_steps)} steps but --sample_steps is {sample_steps}; drop one")
 
 
-def image_resolution(task: str, image, size: tuple[int, int] | None) -> tuple[int, int]:
+def image_resolution(task: str, image, size: tuple[int, int] | None, turbo: bool = False) -> tuple[int, int]:
     """(width, height) an image-conditioned task makes from ``image`` within the ``--size`` area (the official
-    rules of `core/image_sizes.py`; the strides of the real models, which the tiny ones share)."""
+    rules of `core/image_sizes.py`; the strides of the real models, which the tiny ones share). TurboWan2.2
+    experts follow TurboDiffusion: the 720p table entry of the closest aspect ratio, or with ``--size`` its
+    area-keeping rule."""
     d = get_variant(task)
     area = d.width * d.height if size is None else size[0] * size[1]
     w, h = image_size(image, "--image")
-    rule = {"i2v-A14B": lambda: i2v_a14b_size(w, h, area, 8, 2),
+    if turbo and size is None:
+        return turbo_fixed_size("720p", closest_aspect_ratio(w, h, "720p"))
+    rule = {"i2v-A14B": lambda: turbo_adaptive_size(w, h, area) if turbo else i2v_a14b_size(w, h, area, 8, 2),
             "ti2v-5B": lambda: ti2v_best_output_size(w, h, area, 32), "s2v-14B": lambda: s2v_size(w, h, area)}[task]
     try:
         return rule()
@@ -262,6 +286,90 @@ def read_prompts(path: Path) -> list[str]:
     return prompts
 
 
+# ------------------------------------------------------------------------------------------------ TurboDiffusion
+TURBO_ONLY = ("components", "quant_linear", "sla_topk")  # flags of TurboDiffusion's published folders
+
+
+def saved_turbo_folder(model: str) -> bool:
+    """A folder written by `wan22 convert` from TurboWan2.2 files (its scheduler is the rCM sampler)."""
+    index = Path(model) / MODEL_INDEX
+    try:
+        return index.is_file() and json.loads(index.read_text()).get("scheduler", [None, None])[1] == "RCMScheduler"
+    except (OSError, ValueError, AttributeError, IndexError):
+        return False
+
+
+def turbo_quantized(model: str, quant_linear: bool) -> bool | None:
+    """For a TurboWan2.2 folder (as published), whether to load its ``-quant`` (W8A8) experts: ``--quant_linear``, or
+    the only pair present; ``None`` for any other model."""
+    kinds = [] if is_tiny(model) else turbo_folder_kinds(model)
+    if not kinds:
+        if quant_linear:
+            raise CliError("--quant_linear", f"--quant_linear applies to TurboWan2.2 folders (TurboWan2.2-I2V-A14B-"
+                                             f"*-720P-quant.pth); {model!r} is not one")
+        return None
+    if quant_linear and True not in kinds:
+        raise CliError("--quant_linear", f"--quant_linear: {model} has no TurboWan2.2-I2V-A14B-{{high,low}}-720P-"
+                                         "quant.pth pair")
+    return quant_linear or kinds == [True]
+
+
+def check_turbo_sources(model: str, components) -> None:
+    """``--components``: the folder umT5, its tokenizer and the Wan 2.1 VAE come from (else ``--model``)."""
+    root = Path(components if components is not None else model)
+    flag = "--components" if components is not None else "--model"
+    if components is not None and not root.is_dir():
+        raise CliError("--components", f"--components {str(components)!r} is not a folder (the official "
+                                       "Wan2.2-I2V-A14B download)")
+    missing = [name for name in (T5_FILE, VAE_FILES["2.1"], TOKENIZER_DIR) if not (root / name).exists()]
+    if missing:
+        hint = "" if components is not None else "; pass --components with the official Wan2.2-I2V-A14B folder"
+        raise CliError(flag, f"{flag} {str(root)!r} has no {', '.join(missing)}{hint}")
+
+
+def check_turbo_flags(args: argparse.Namespace) -> None:
+    """TurboWan2.2 folders sample with the rCM sampler (1-4 steps, no shift, no step split); the Turbo-only flags
+    are refused elsewhere. Resolves ``args.turbo_quantized`` (``None``: not a published Turbo folder)."""
+    args.turbo_quantized = turbo_quantized(args.model, args.quant_linear)
+    turbo = args.turbo_quantized is not None or saved_turbo_folder(args.model)
+    if not turbo:
+        given = [f"--{name}" for name in TURBO_ONLY if getattr(args, name) not in (None, False)]
+        if given:
+            raise CliError(given[0], f"{given[0]} applies to TurboWan2.2 folders only")
+        if args.sample_solver in RCM_SAMPLERS:
+            raise CliError("--sample_solver", f"--sample_solver {args.sample_solver} is the rCM sampler of "
+                                              f"TurboWan2.2 folders; this model takes {' or '.join(SOLVERS)}")
+        return
+    if args.sample_solver in SOLVERS:
+        raise CliError("--sample_solver", f"--sample_solver {args.sample_solver}: TurboWan2.2 experts are distilled "
+                                          f"for the rCM sampler: {' or '.join(RCM_SAMPLERS)} (default sde)")
+    for name, flag, why in [("sample_shift", "--sample_shift", "the rCM sampler has a fixed grid"),
+                            ("expert_steps", "--expert_steps", "the rCM sampler has a fixed grid (--sample_steps "
+                                                               f"1-{TURBO_MAX_STEPS})")]:
+        if getattr(args, name) is not None:
+            raise CliError(flag, f"{flag} does not apply to TurboWan2.2 experts: {why}")
+    if args.sample_steps is not None and args.sample_steps > TURBO_MAX_STEPS:
+        raise CliError("--sample_steps", f"--sample_steps must be 1..{TURBO_MAX_STEPS} for TurboWan2.2 experts; got "
+                                         f"{args.sample_steps}")
+    if args.turbo_quantized is None:  # a converted folder keeps what it was converted with
+        given = [f"--{name}" for name in TURBO_ONLY if getattr(args, name) not in (None, False)]
+        if given:
+            raise CliError(given[0], f"{given[0]}: {args.model} is a converted Turbo folder; it keeps the experts and "
+                                     "SLA setting `wan22 convert` gave it")
+        return
+    check_sla_topk(args.sla_topk)
+    args.sla_topk = TURBO_SLA_TOPK if args.sla_topk is None else args.sla_topk
+    check_turbo_sources(args.model, args.components)
+    if args.turbo_quantized and args.lora:
+        raise CliError("--lora", "--lora: the W8A8 (-quant) Turbo experts hold int8 weights; load LoRA on the plain "
+                                 "experts (drop --quant_linear)")
+
+
+def check_sla_topk(topk: float | None) -> None:
+    if topk is not None and not (math.isfinite(topk) and 0 < topk <= 1):
+        raise CliError("--sla_topk", f"--sla_topk must be a fraction in (0, 1] (TurboDiffusion: 0.1); got {topk}")
+
+
 # ------------------------------------------------------------------------------------------------ machine and files
 def check_device(device: str | None) -> None:
     """``--device`` names a torch device type (availability is checked once torch is imported)."""
@@ -308,6 +416,7 @@ def validate_generate(args: argparse.Namespace, require_inputs: bool = True) -> 
     prompts = read_prompts(args.prompts) if args.prompts is not None else None
     if prompts is not None and args.image is not None:
         raise CliError("--image", "--prompts runs text-to-video; drop --image")
+    check_turbo_flags(args)
     if task == "animate-14B":
         check_animate_inputs(args)
     else:
@@ -315,7 +424,8 @@ def validate_generate(args: argparse.Namespace, require_inputs: bool = True) -> 
         check_task_inputs(task, args.image, args.audio, args.pose_video, args.num_clip, args.infer_frames,
                           args.prompts, require_inputs)
     check_size(args.size, task, args.image is not None)
-    args.resolution = image_resolution(task, args.image, args.size) if args.image is not None else None
+    turbo = args.turbo_quantized is not None or saved_turbo_folder(args.model)
+    args.resolution = image_resolution(task, args.image, args.size, turbo) if args.image is not None else None
     check_frame_num(args.frame_num, task)
     check_steps(args.sample_steps, args.expert_steps, task)
     check_shift(args.sample_shift)
@@ -377,10 +487,7 @@ def validate_convert(args: argparse.Namespace) -> None:
     """Source and destination of `wan22 convert`, before torch: the layout fits the variant, and an ``--overwrite``
     could not delete the source, the folder the user is in, or a parent of either."""
     src, dst = Path(args.src), Path(args.dst)
-    try:
-        variant = detect_official_variant(src)
-    except (ValueError, OSError) as e:
-        raise CliError("SRC", f"SRC: {e}") from None
+    variant = check_convert_source(args)
     if args.variant not in ("auto", variant):
         raise CliError("--variant", f"--variant {args.variant}: {src} holds a {variant} checkpoint (use auto)")
     if variant == "s2v-14B" and args.layout == "diffusers":
@@ -396,6 +503,27 @@ def validate_convert(args: argparse.Namespace) -> None:
                               "them: choose a new folder")
     if dst.exists() and not dst.is_dir():
         raise CliError("DST", f"DST {str(dst)!r} is a file, not a folder")
+
+
+def check_convert_source(args: argparse.Namespace) -> str:
+    """The variant of SRC: an official folder, or TurboDiffusion's TurboWan2.2 files (converted as i2v-A14B to our
+    layout; resolves ``args.turbo_quantized``, ``None`` for official folders)."""
+    args.turbo_quantized = turbo_quantized(str(args.src), args.quant_linear)
+    if args.turbo_quantized is None:
+        given = [f"--{name}" for name in TURBO_ONLY if getattr(args, name) not in (None, False)]
+        if given:
+            raise CliError(given[0], f"{given[0]} applies to TurboWan2.2 folders only")
+        try:
+            return detect_official_variant(Path(args.src))
+        except (ValueError, OSError) as e:
+            raise CliError("SRC", f"SRC: {e}") from None
+    if args.layout != "wan22":
+        raise CliError("--layout", "--layout diffusers: stock diffusers has no TurboDiffusion pipeline; TurboWan2.2 "
+                                   "folders convert to --layout wan22")
+    check_sla_topk(args.sla_topk)
+    args.sla_topk = TURBO_SLA_TOPK if args.sla_topk is None else args.sla_topk
+    check_turbo_sources(str(args.src), args.components)
+    return "i2v-A14B"
 
 
 def validate_info(args: argparse.Namespace) -> None:

@@ -8,7 +8,16 @@ import os
 from pathlib import Path
 
 from .animate import ANIMATE_DIT_CLASS
-from .names import EXPERT_DIRS, HIGH, MODEL_INDEX, OFFICIAL_DIT_CHANNELS, WAV2VEC_DIR
+from .names import (
+    EXPERT_DIRS,
+    EXPERTS,
+    HIGH,
+    MODEL_INDEX,
+    OFFICIAL_DIT_CHANNELS,
+    TURBO_EXPERT_FILE,
+    TURBO_QUANT_SUFFIX,
+    WAV2VEC_DIR,
+)
 
 # model_index.json `_class_name` -> task, for saved pipelines whose class says it
 PIPELINE_TASKS = {"Wan22ImageToVideoPipeline": "i2v-A14B", "Wan22SpeechToVideoPipeline": "s2v-14B",
@@ -78,3 +87,15 @@ def detect_saved_task(folder: str | os.PathLike) -> str:
         return found
     moe = (index.get("transformer_2") or [None])[0] or "MoE" in str(index.get("transformer"))
     return "t2v-A14B" if moe else "ti2v-5B"
+
+
+def turbo_file_name(expert: str, quantized: bool) -> str:
+    """The published TurboWan2.2-I2V-A14B file name of an expert (``"high"`` / ``"low"``), plain or ``-quant``."""
+    return TURBO_EXPERT_FILE.format(expert=expert, suffix=TURBO_QUANT_SUFFIX if quantized else "")
+
+
+def turbo_folder_kinds(folder: str | os.PathLike) -> list[bool]:
+    """Which complete TurboWan2.2-I2V-A14B expert pairs ``folder`` holds: ``[False]`` plain, ``[True]`` -quant
+    (W8A8), ``[False, True]`` both, ``[]`` none (not a Turbo folder)."""
+    root = Path(folder)
+    return [q for q in (False, True) if all((root / turbo_file_name(e, q)).is_file() for e in EXPERTS)]

@@ -48,7 +48,7 @@ Precision policies (``precision=``, per expert; see `diffusers_wan22.hooks.preci
                                                           ffn: L * 2 d f,  attn: L * 8 d^2,  all = ffn+attn
 
 with ``bytes(policy)`` from `POLICY_BYTES` (fp8 / int8 / fp8 weight-only 1; GGUF block sizes, e.g. Q8_0 34/32,
-Q4_K 144/256). A quantizing policy adds one upcast layer (the largest scoped Linear, twice in the compute dtype:
+Q4_K 144/256; ``w8a8``, TurboDiffusion's ``-quant`` experts, 1 + a float32 scale per 128x128 block). A quantizing policy adds one upcast layer (the largest scoped Linear, twice in the compute dtype:
 dequantized copy + cast) to the DiT activations. Not counted: the per-row scales of torchao (< 0.1 % at d = 5120),
 biases, and the ``_keep_in_fp32_modules`` kept in fp32 (~29 M parameters per A14B expert).
 
@@ -134,7 +134,11 @@ POLICY_BYTES = {
     "fp8": 1.0, "int8-weight-only": 1.0, "fp8-weight-only": 1.0,
     "gguf-q8_0": 34 / 32, "gguf-q6_k": 210 / 256, "gguf-q5_k": 176 / 256, "gguf-q5_0": 22 / 32,
     "gguf-q4_k": 144 / 256, "gguf-q4_0": 18 / 32, "gguf-q3_k": 110 / 256, "gguf-q2_k": 84 / 256,
+    "w8a8": 1.0 + 4 / (128 * 128),
 }
+# W8A8 computes from int8 weights (no dequantized copy); its transient is the float32 temporaries of one row chunk
+# of the block GEMM (`quantizers/w8a8.py`: 2**26 output elements, int32 sums, float copy, scaled product).
+W8A8_TRANSIENT = 3 * 2**26 * 4
 PLAN_SCOPES = PRECISION_SCOPES
 # Rows of `precision_fit_table`: (high, low, scope).
 TABLE_POLICIES = (
@@ -182,6 +186,8 @@ def _upcast_bytes(spec: ModelSpec, policy: str | None, scope: str, b: int) -> fl
     """Transient of a quantizing policy: the largest scoped Linear dequantized and cast to the compute dtype."""
     if policy is None or policy in CAST_POLICY_NAMES:
         return 0.0
+    if policy == "w8a8":
+        return W8A8_TRANSIENT
     largest = spec.dim * spec.ffn_dim if scope in ("all", "ffn", "ffn+attn") else spec.dim * spec.dim
     return 2 * largest * b
 

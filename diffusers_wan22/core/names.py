@@ -45,3 +45,11 @@ DTYPE_NAMES = ("bf16", "fp16", "fp32")
 
 # ------------------------------------------------------------------------------------------ samplers
 SOLVERS = ("unipc", "dpm++")
+RCM_SAMPLERS = ("sde", "ode")  # TurboDiffusion's rCM sampler (default SDE; ODE is its --ode)
+
+# ------------------------------------------------------------------------------------------ TurboDiffusion
+# TurboDiffusion's published expert files (plain and W8A8 "-quant"): TurboWan2.2-I2V-A14B-{high,low}-720P[-quant].pth
+TURBO_EXPERT_FILE = "TurboWan2.2-I2V-A14B-{expert}-720P{suffix}.pth"
+TURBO_QUANT_SUFFIX = "-quant"
+TURBO_MAX_STEPS = 4  # TurboDiffusion's rCM grid: atan(sigma_max) + 3 mid times (RCMScheduler's default mid_times)
+TURBO_SLA_TOPK = 0.1  # TurboDiffusion's default fraction of key blocks SLA keeps

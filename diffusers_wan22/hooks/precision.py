@@ -53,8 +53,9 @@ from diffusers.hooks.layerwise_casting import DEFAULT_SKIP_MODULES_PATTERN
 from torch import nn
 
 from .._compat import diffusers_hook_registry, disable_peft_input_autocast
-from ..core.names import CAST_POLICY_NAMES, PRECISION_POLICIES as POLICIES, PRECISION_SCOPES as SCOPES
-from ..core.names import TORCHAO_POLICIES
+from ..core.names import CAST_POLICY_NAMES, TORCHAO_POLICIES
+from ..core.names import PRECISION_POLICIES as POLICIES
+from ..core.names import PRECISION_SCOPES as SCOPES
 
 CAST_POLICIES = dict(zip(CAST_POLICY_NAMES, (torch.float32, torch.bfloat16, torch.float16)))
 FP8_STORAGE_DTYPE = torch.float8_e4m3fn

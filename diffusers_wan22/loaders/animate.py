@@ -46,7 +46,11 @@ from ..core.animate import (
 from ..core.names import T5_FILE, TOKENIZER_DIR, VAE_FILES
 from ..schedulers.official import official_scheduler
 from .checks import (
-    check_t5_state, check_tensors_fit_model, check_tokenizer_folder, check_vae_state, read_official_dit_config,
+    check_t5_state,
+    check_tensors_fit_model,
+    check_tokenizer_folder,
+    check_vae_state,
+    read_official_dit_config,
 )
 from .file_io import load_pth_weights_only, read_safetensors_folder, safetensors_shards, torch_load_error
 from .official_models import load_official_t5, load_official_tokenizer, load_official_vae

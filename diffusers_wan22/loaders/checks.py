@@ -22,10 +22,10 @@ from typing import Callable, Iterable, Mapping
 
 from accelerate import init_empty_weights
 
+from ..core.folders import read_json_object
 from ..core.names import EXPERT_DIRS, T5_FILE, TOKENIZER_DIR, VAE_FILES, WAV2VEC_DIR
 from ..core.official_keys import detect_vae_version
 from ..core.variants import get_variant
-from ..core.folders import read_json_object
 from .file_io import load_pth_weights_only, safetensors_shards
 
 logger = logging.getLogger(__name__)

@@ -49,6 +49,7 @@ from ..core.animate import (
     official_animate_key_to_diffusers,
     official_clip_key_to_transformers,
 )
+from ..core.folders import detect_official_variant
 from ..core.names import (
     DIFFUSERS_WEIGHTS,
     EXPERT_ATTRS,
@@ -62,12 +63,20 @@ from ..core.names import (
 )
 from ..core.variants import get_variant
 from ..models.transformer_wan_moe import WanMoETransformer3DModel
+from ..models.transformer_wan_turbo import TurboWanMoETransformer3DModel
 from ..schedulers.official import official_scheduler
+from ..schedulers.scheduling_rcm import RCMScheduler
 from .animate import check_blur_kernels, check_official_animate_folder
 from .checks import check_official_folder, check_tensors_fit_model, read_official_dit_config
 from .file_io import SAFETENSORS_DTYPES, load_pth_weights_only, shard_files
-from ..core.folders import detect_official_variant
 from .official_models import load_official_audio_stack, official_transformer_kind, t5_config_from_official
+from .turbo import (
+    TURBO_I2V_BOUNDARY,
+    turbo_component_files,
+    turbo_config_from_shapes,
+    turbo_key_to_diffusers,
+    turbo_patch_shape,
+)
 
 DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
 LAYOUTS = ("wan22", "diffusers")
@@ -313,8 +322,17 @@ def plan_conversion(src: Path, variant: str, layout: str, reader: TensorReader) 
                                    _meta_model(model_cls, cfg),
                                    model_source=f"as configured by {src / 'config.json'}"))
 
-    # Text encoder (official T5 .pth -> UMT5EncoderModel)
-    t5_path = src / T5_FILE
+    vae_path = src / VAE_FILES[defaults.vae_version]
+    if not vae_path.exists():
+        raise FileNotFoundError(f"Missing VAE {defaults.vae_version}: {vae_path}.")
+    plans += [text_encoder_plan(reader, src / T5_FILE), vae_plan(reader, vae_path, defaults.vae_version)]
+    for plan in plans:  # a missing, extra or mis-shaped tensor is an error now, not a broken folder later
+        check_plan(plan, reader)
+    return plans, _model_index(variant, layout)
+
+
+def text_encoder_plan(reader: TensorReader, t5_path: Path) -> ComponentPlan:
+    """The official umT5 `.pth` as a transformers `UMT5EncoderModel` folder."""
     t5_refs = _mapped_refs(reader, [t5_path], official.official_t5_key_to_diffusers)
     t5_config = t5_config_from_official(_shapes(reader, t5_refs))
 
@@ -322,23 +340,17 @@ def plan_conversion(src: Path, variant: str, layout: str, reader: TensorReader) 
         config.architectures = ["UMT5EncoderModel"]
         config.save_pretrained(folder)
 
-    plans.append(ComponentPlan("text_encoder", TRANSFORMERS_WEIGHTS, t5_refs, write_t5_config,
-                               _meta_model(UMT5EncoderModel, t5_config), tied=("encoder.embed_tokens.weight",),
-                               model_source=f"as inferred from {t5_path}"))
+    return ComponentPlan("text_encoder", TRANSFORMERS_WEIGHTS, t5_refs, write_t5_config,
+                         _meta_model(UMT5EncoderModel, t5_config), tied=("encoder.embed_tokens.weight",),
+                         model_source=f"as inferred from {t5_path}")
 
-    # VAE
-    vae_path = src / VAE_FILES[defaults.vae_version]
-    if not vae_path.exists():
-        raise FileNotFoundError(f"Missing VAE {defaults.vae_version}: {vae_path}.")
-    vae_refs = _mapped_refs(reader, [vae_path],
-                            lambda k: official.official_vae_key_to_diffusers(k, defaults.vae_version))
-    vae_cfg = official.vae_config_from_official(_shapes(reader, vae_refs), defaults.vae_version)
-    plans.append(ComponentPlan("vae", DIFFUSERS_WEIGHTS, vae_refs, _config_writer(AutoencoderKLWan, vae_cfg),
-                               _meta_model(AutoencoderKLWan, vae_cfg), model_source=f"as inferred from {vae_path}"))
 
-    for plan in plans:  # a missing, extra or mis-shaped tensor is an error now, not a broken folder later
-        check_plan(plan, reader)
-    return plans, _model_index(variant, layout)
+def vae_plan(reader: TensorReader, vae_path: Path, version: str) -> ComponentPlan:
+    """An official VAE `.pth` (Wan ``version`` "2.1" / "2.2") as a diffusers `AutoencoderKLWan` folder."""
+    vae_refs = _mapped_refs(reader, [vae_path], lambda k: official.official_vae_key_to_diffusers(k, version))
+    vae_cfg = official.vae_config_from_official(_shapes(reader, vae_refs), version)
+    return ComponentPlan("vae", DIFFUSERS_WEIGHTS, vae_refs, _config_writer(AutoencoderKLWan, vae_cfg),
+                         _meta_model(AutoencoderKLWan, vae_cfg), model_source=f"as inferred from {vae_path}")
 
 
 def _animate_plans(src: Path, reader: TensorReader) -> list[ComponentPlan]:
@@ -632,6 +644,17 @@ def convert_checkpoint(
     torch_dtype = DTYPES.get(dtype) if dtype else None
     plans, index = plan_conversion(src, variant, layout, reader)  # every key is mapped before anything is written
     report = ConversionReport(variant, layout, dst)
+    write_conversion(plans, dst, reader, torch_dtype, max_shard, report, verify, progress,
+                     lambda root: _write_small_components(src, root, variant, layout, index))
+    report.seconds = time.perf_counter() - start
+    return report
+
+
+def write_conversion(plans: list[ComponentPlan], dst: Path, reader: TensorReader, torch_dtype, max_shard: int,
+                     report: ConversionReport, verify: bool, progress: bool,
+                     write_small: Callable[[Path], None]) -> None:
+    """Write every planned component (and, with ``write_small``, the small files) into a temporary sibling of
+    ``dst``, optionally verify it, fsync it and rename it to ``dst`` (see the module docstring)."""
     dst.parent.mkdir(parents=True, exist_ok=True)
     tmp = _temporary_sibling(dst)
     try:
@@ -639,7 +662,7 @@ def convert_checkpoint(
         with tqdm(total=total, desc="converting", unit="tensor", disable=not progress) as bar:
             for plan in plans:
                 _write_component(plan, tmp, reader, torch_dtype, max_shard, report, bar.update)
-        _write_small_components(src, tmp, variant, layout, index)
+        write_small(tmp)
         if verify:
             verify_conversion(plans, tmp, reader, torch_dtype)
             report.verified = True
@@ -650,8 +673,6 @@ def convert_checkpoint(
     finally:
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)
-    report.seconds = time.perf_counter() - start
-    return report
 
 
 def _write_small_components(src: Path, root: Path, variant: str, layout: str, index: dict) -> None:
@@ -670,3 +691,126 @@ def _write_small_components(src: Path, root: Path, variant: str, layout: str, in
         CLIPImageProcessorPil().save_pretrained(root / "image_processor")  # no torchvision needed
     (root / MODEL_INDEX).write_text(json.dumps(index, indent=2))
     (root / "README.md").write_text(model_card(variant, layout))
+
+
+# ------------------------------------------------------------------------------------------------ TurboDiffusion
+class TurboTensorReader(TensorReader):
+    """`TensorReader` for TurboDiffusion folders: the Linear patch embedding ``[dim, 144]`` is handed out as the
+    Conv3d kernel ``[dim, 36, 1, 2, 2]``; floating tensors are cast to ``dtype`` except the W8A8 block scales, which
+    stay float32 (int8 weights are never cast); ``dtypes`` overrides it per component (by source file)."""
+
+    def __init__(self, dtype: torch.dtype | None = None, dtypes: dict[Path, torch.dtype] | None = None) -> None:
+        super().__init__()
+        self.cast, self.casts = dtype, dict(dtypes or {})
+
+    def _target(self, path: Path, key: str, dtype: torch.dtype) -> torch.dtype:
+        cast = self.casts.get(path, self.cast)
+        return cast if cast is not None and dtype.is_floating_point and not key.endswith(".scale") else dtype
+
+    def _index(self, path: Path) -> dict[str, tuple[tuple[int, ...], torch.dtype]]:
+        if path not in self._meta:
+            raw = super()._index(path)
+            self._meta[path] = {k: (turbo_patch_shape(k, shape), self._target(path, k, dtype))
+                                for k, (shape, dtype) in raw.items()}
+        return self._meta[path]
+
+    def get(self, ref: TensorRef) -> torch.Tensor:
+        shape, dtype = self._index(ref.file)[ref.key]
+        return super().get(ref).reshape(shape).to(dtype)
+
+
+def plan_turbo_conversion(src: Path, components: Path | None, quantized: bool, sla_topk: float | None,
+                          reader: TurboTensorReader) -> tuple[list[ComponentPlan], dict]:
+    """The transformer (both Turbo experts, int8 weights and scales, SLA ``proj_l``), umT5 and the VAE of a Turbo
+    folder, checked against their models before anything is written, and the pipeline's model_index.json."""
+    files = turbo_component_files(src, quantized, components)
+    reader.casts[files["vae"]] = torch.bfloat16  # TurboDiffusion runs the Wan 2.1 VAE in bf16: store it so
+    refs = [r for expert, attr in EXPERT_ATTRS.items() for r in _mapped_refs(
+        reader, [files[expert]], turbo_key_to_diffusers, prefix=f"{attr}.")
+        if sla_topk is not None or ".processor.proj_l." not in r.out_key]
+    raw_shapes = {k: tuple(v.shape) for k, v in load_pth_weights_only(files[EXPERTS[0]]).items()}
+    cfg = dict(turbo_config_from_shapes(raw_shapes, files[EXPERTS[0]], sla_topk), sla_topk=sla_topk, w8a8=quantized,
+               boundary_ratio=TURBO_I2V_BOUNDARY)
+    plans = [ComponentPlan("transformer", DIFFUSERS_WEIGHTS, refs, _config_writer(TurboWanMoETransformer3DModel, cfg),
+                           _meta_model(TurboWanMoETransformer3DModel, cfg),
+                           model_source=f"as inferred from {files[EXPERTS[0]]}"),
+             text_encoder_plan(reader, files["text_encoder"]), vae_plan(reader, files["vae"], "2.1")]
+    for plan in plans:
+        check_plan(plan, reader)
+    index = {"_class_name": "Wan22ImageToVideoPipeline", "_diffusers_version": diffusers.__version__,
+             "scheduler": ["diffusers_wan22", "RCMScheduler"], "text_encoder": ["transformers", "UMT5EncoderModel"],
+             "tokenizer": ["transformers", "T5Tokenizer"], "vae": ["diffusers", "AutoencoderKLWan"],
+             "transformer": ["diffusers_wan22", "TurboWanMoETransformer3DModel"]}
+    return plans, index
+
+
+def convert_turbo_checkpoint(src: str | os.PathLike, dst: str | os.PathLike, quantized: bool = False,
+                             components: str | os.PathLike | None = None, sla_topk: float | None = 0.1,
+                             dtype: str | None = None, max_shard_size: str | int = "5GB", overwrite: bool = False,
+                             verify: bool = False, progress: bool = True) -> ConversionReport:
+    """A TurboDiffusion TurboWan2.2-I2V-A14B folder (``quantized``: the ``-quant`` experts) -> our pipeline folder,
+    streaming and atomic like `convert_checkpoint`. int8 weights stay int8 with their float32 scales, the SLA
+    ``proj_l`` weights are kept (``sla_topk=None`` drops them: dense attention); ``dtype`` casts the experts' other
+    floating tensors (umT5 stays bf16 as shipped, the VAE is stored in bf16 as TurboDiffusion runs it). umT5, its
+    tokenizer and the VAE come from ``components`` (the official I2V-A14B folder) or ``src``. The result loads with
+    `DiffusionPipeline.from_pretrained` (after ``import diffusers_wan22``)."""
+    src, dst = Path(src), Path(dst)
+    start = time.perf_counter()
+    if dtype is not None and dtype not in DTYPES:
+        raise ValueError(f"`dtype` must be one of {sorted(DTYPES)} or None (keep the source dtype); got {dtype!r}.")
+    max_shard = parse_size(max_shard_size)
+    if dst.exists() and not overwrite:
+        raise FileExistsError(f"{dst} already exists; pass --overwrite to replace it.")
+    if dst.resolve() == src.resolve() or src.resolve() in dst.resolve().parents:
+        raise ValueError(f"Destination {dst} must not be inside the source folder {src}.")
+    reader = TurboTensorReader(DTYPES.get(dtype) if dtype else None)
+    plans, index = plan_turbo_conversion(src, None if components is None else Path(components), quantized, sla_topk,
+                                         reader)
+    report = ConversionReport("TurboWan2.2-I2V-A14B" + (" W8A8" if quantized else ""), "wan22", dst)
+    root = Path(components) if components is not None else src
+    write_conversion(plans, dst, reader, None, max_shard, report, verify, progress,
+                     lambda tmp: _write_turbo_small_files(root, tmp, index, quantized))
+    report.seconds = time.perf_counter() - start
+    return report
+
+
+def _write_turbo_small_files(root: Path, tmp: Path, index: dict, quantized: bool) -> None:
+    tokenizer = AutoTokenizer.from_pretrained(root / TOKENIZER_DIR)
+    tokenizer.save_pretrained(tmp / "tokenizer")
+    index["tokenizer"] = ["transformers", type(tokenizer).__name__]
+    RCMScheduler().save_pretrained(tmp / "scheduler")
+    (tmp / MODEL_INDEX).write_text(json.dumps(index, indent=2))
+    (tmp / "README.md").write_text(turbo_model_card(quantized))
+
+
+def turbo_model_card(quantized: bool) -> str:
+    """Hub model card of a converted TurboWan2.2-I2V-A14B folder."""
+    what = "W8A8 (int8 weights and activations, 128x128 block scales)" if quantized else "float"
+    return f"""---
+library_name: diffusers
+pipeline_tag: image-to-video
+base_model: TurboDiffusion/TurboWan2.2-I2V-A14B-720P
+license: apache-2.0
+tags:
+- wan2.2
+- turbodiffusion
+- video
+- diffusers-wan22
+---
+
+# TurboWan2.2-I2V-A14B ({what} experts)
+
+TurboDiffusion's rCM-distilled Wan2.2-I2V-A14B experts with SLA sparse-linear attention, converted with
+`wan22 convert` (diffusers-wan22). Sampling as TurboDiffusion: 4 rCM steps (`RCMScheduler`, SDE; `sampler="ode"` for
+its `--ode`), no classifier-free guidance, 81 frames, 720p table sizes, SLA top-k 0.1.
+
+```python
+import PIL.Image
+import torch
+import diffusers_wan22  # registers the pipelines and models with diffusers
+from diffusers import DiffusionPipeline
+
+pipe = DiffusionPipeline.from_pretrained("<this folder or repo>", torch_dtype=torch.bfloat16).to("cuda")
+video = pipe(PIL.Image.open("cat.jpg"), "A white cat surfing at sunset.").frames[0]
+```
+"""

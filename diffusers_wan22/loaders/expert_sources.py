@@ -17,12 +17,13 @@ from accelerate import init_empty_weights
 from diffusers import WanTransformer3DModel
 from safetensors import safe_open
 
+from ..core.folders import read_json_object
 from ..core.names import DIFFUSERS_WEIGHTS, EXPERT_ATTRS, EXPERT_DIRS, EXPERTS
 from ..core.official_keys import dit_config_from_official, official_dit_key_to_diffusers
 from ..hooks.lazy_experts import retype_meta_parameters
 from ..hooks.precision import apply_stored_precision
 from ..models.transformer_wan_moe import WanMoETransformer3DModel
-from ..core.folders import read_json_object
+from ..models.transformer_wan_turbo import TurboWanMoETransformer3DModel
 from .file_io import SAFETENSORS_DTYPES, read_safetensors_folder
 
 __all__ = ["SafetensorsExpertSource", "meta_moe_from_folder", "meta_moe_from_official", "official_expert_sources",
@@ -120,12 +121,14 @@ def meta_moe_from_folder(folder: str | os.PathLike, torch_dtype: torch.dtype | N
     the dtypes of the checkpoint are kept (read from the safetensors header).
     """
     config = WanMoETransformer3DModel.load_config(folder)
-    if config.get("_class_name") not in (None, WanMoETransformer3DModel.__name__):
+    classes = {c.__name__: c for c in (WanMoETransformer3DModel, TurboWanMoETransformer3DModel)}
+    if config.get("_class_name") not in (None, *classes):
         raise ValueError(f"{folder} holds a {config.get('_class_name')}, not a WanMoETransformer3DModel; lazy "
                          "experts need a folder written by Wan22Pipeline.save_pretrained.")
+    cls = classes.get(config.get("_class_name"), WanMoETransformer3DModel)
     with init_empty_weights():
-        model = WanMoETransformer3DModel.from_config(config)
-    keep = tuple(WanMoETransformer3DModel._keep_in_fp32_modules or ())
+        model = cls.from_config(config)
+    keep = tuple(cls._keep_in_fp32_modules or ())
     stored = _stored_dtypes(folder) if torch_dtype is None else {}
     retype_meta_parameters(model, lambda name, p: stored.get(name, p.dtype) if torch_dtype is None else (
         torch.float32 if any(m in name.split(".") for m in keep) else torch_dtype))

@@ -18,6 +18,7 @@ from safetensors import safe_open
 from ..core.folders import read_json_object
 from ..core.names import DIFFUSERS_INDEX
 
+
 def shard_files(folder: str | os.PathLike, index_name: str = DIFFUSERS_INDEX
                 ) -> tuple[list[Path], dict | None]:
     """The weight files of a (sharded) safetensors folder and its index's weight map (``None`` without an index).

@@ -9,10 +9,10 @@ import torch
 from safetensors import safe_open
 
 from ..core.animate import ANIMATE_CLIP_FILE
+from ..core.folders import detect_official_variant
 from ..core.names import EXPERT_DIRS, EXPERTS, MODEL_INDEX, T5_FILE, VAE_FILES, WAV2VEC_DIR
 from ..core.variants import get_variant
 from .file_io import SAFETENSORS_DTYPES, load_pth_weights_only, shard_files
-from ..core.folders import detect_official_variant
 
 
 def _tensor_counts(files: list[Path]) -> tuple[int, set[str]]:

@@ -352,6 +352,7 @@ class WanMoETransformer3DModel(ModelMixin, ConfigMixin, PeftAdapterMixin, CacheM
     def add_adapter(self, adapter_config, adapter_name: str = "default", expert: str | None = None) -> None:
         """`PeftAdapterMixin.add_adapter` on one expert or both (``target_modules`` scoped to the expert)."""
         scope = self._lora_scope(expert)
+        self.check_lora_loadable(scope)
         if scope != "both":
             adapter_config = copy.deepcopy(adapter_config)
             scoped = route_lora_metadata(adapter_config.to_dict(), None, self._scope_attrs(scope), relative=False)

@@ -9,11 +9,13 @@ from pathlib import Path
 
 import torch
 
+from ..core.folders import turbo_folder_kinds
 from ..core.names import MODEL_INDEX
 from ..hooks.lazy_experts import CallableExpertSource
 from ..loaders.tiny import build_tiny_components
 from .pipeline_utils import Wan22BasePipeline
 from .pipeline_wan22 import Wan22Pipeline
+from .pipeline_wan22_i2v import Wan22ImageToVideoPipeline
 
 __all__ = ["build_demo_pipeline", "load_pipeline"]
 
@@ -31,7 +33,9 @@ def load_pipeline(model: str | os.PathLike, torch_dtype: torch.dtype | None = No
       ``lazy_source`` keeps a copy of each expert in memory (it has no files), so every memory mode runs on it;
     * a folder with ``model_index.json``: ``pipeline_cls.from_pretrained`` (our saved folders, and the stock
       ``Wan-AI/Wan2.2-*-Diffusers`` layout written by ``wan22 convert --layout diffusers``);
-    * an official checkpoint folder: ``pipeline_cls.from_official``.
+    * an official checkpoint folder: ``pipeline_cls.from_official``;
+    * a TurboDiffusion TurboWan2.2-I2V-A14B folder: `Wan22ImageToVideoPipeline.from_turbo` (``kwargs``:
+      ``quantized``, ``components``, ``sla_topk``).
 
     ``kwargs`` go to the loader (e.g. ``lazy_experts=True``).
     """
@@ -43,6 +47,11 @@ def load_pipeline(model: str | os.PathLike, torch_dtype: torch.dtype | None = No
     path = Path(text)
     if not path.is_dir():
         raise FileNotFoundError(f"Model {text!r} is not a folder (download the checkpoint first) nor 'tiny'.")
+    if turbo_folder_kinds(path):
+        if not issubclass(pipeline_cls, Wan22ImageToVideoPipeline):
+            raise ValueError(f"{text} holds TurboWan2.2-I2V-A14B (image-to-video) experts; load it with "
+                             "Wan22ImageToVideoPipeline.")
+        return pipeline_cls.from_turbo(path, torch_dtype=torch_dtype, **kwargs)
     if (path / MODEL_INDEX).exists():
         return pipeline_cls.from_pretrained(path, dtype=torch_dtype, **kwargs)  # `torch_dtype=` is deprecated
     return pipeline_cls.from_official(path, torch_dtype=torch_dtype, **kwargs)

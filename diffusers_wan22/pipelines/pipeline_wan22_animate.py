@@ -34,7 +34,13 @@ from ..core.animate import ANIMATE_PROMPT
 from ..loaders.animate import load_official_animate_components
 from ..loaders.lora import Wan22LoraLoaderMixin
 from ..utils.animate_inputs import (
-    AnimateInputs, check_clip_settings, clip_starts, load_animate_inputs, padded_length, ping_pong_indices, unit_range,
+    AnimateInputs,
+    check_clip_settings,
+    clip_starts,
+    load_animate_inputs,
+    padded_length,
+    ping_pong_indices,
+    unit_range,
 )
 from .checks import check_common_inputs
 from .pipeline_output import Wan22PipelineOutput

@@ -10,9 +10,10 @@ from diffusers.callbacks import MultiPipelineCallbacks, PipelineCallback
 from ..utils.image import i2v_a14b_image, i2v_a14b_size, ti2v_best_output_size, ti2v_image, to_pil
 from .pipeline_output import Wan22PipelineOutput
 from .pipeline_wan22 import Wan22VideoPipeline, text_branches
+from .turbo import Wan22TurboMixin
 
 
-class Wan22ImageToVideoPipeline(Wan22VideoPipeline):
+class Wan22ImageToVideoPipeline(Wan22TurboMixin, Wan22VideoPipeline):
     r"""Wan 2.2 image-to-video, on the shared denoising loop.
 
     * **I2V-A14B** (MoE transformer, 36 input channels): every step sees the noisy latent plus a 20-channel
@@ -23,12 +24,16 @@ class Wan22ImageToVideoPipeline(Wan22VideoPipeline):
     Output size follows the official rules when `height`/`width` are not given: the image's aspect ratio within
     `max_area` pixels (I2V: multiples of 16, bicubic stretch; TI2V: best multiples of 32, LANCZOS cover-resize and
     center crop). Other arguments are those of `Wan22Pipeline.__call__`.
+
+    TurboDiffusion's TurboWan2.2-I2V-A14B (`from_turbo`) samples TurboDiffusion's way: see `pipelines/turbo.py`.
     """
 
     _variants = ("i2v-A14B", "ti2v-5B")
 
     def output_size(self, image, height: int | None, width: int | None, max_area: int | None) -> tuple[int, int]:
         """(width, height) of the video: explicit values win, else the official rule for this variant."""
+        if self.is_turbo:
+            return self.turbo_output_size(image, height, width, max_area)
         if (height is None) != (width is None):
             raise ValueError(f"Give both `height` and `width` or neither; got height={height}, width={width}.")
         if height is not None:
@@ -45,6 +50,8 @@ class Wan22ImageToVideoPipeline(Wan22VideoPipeline):
 
     def image_condition(self, first_frame: torch.Tensor, num_frames: int, batch: int, device) -> dict:
         """``denoise`` keyword for this variant: I2V's 20-channel ``condition`` or TI2V's ``first_frame_latents``."""
+        if self.is_turbo:
+            return self.turbo_condition(first_frame, num_frames, batch, device)
         if not self.is_moe:  # TI2V: the clean latent of the image alone is latent frame 0
             z = self.encode_image_latents(first_frame[None, :, None])
             return {"first_frame_latents": z.to(device).expand(batch, -1, -1, -1, -1)}
@@ -120,14 +127,18 @@ class Wan22ImageToVideoPipeline(Wan22VideoPipeline):
         # 4. Initial noise, and the image condition
         batch = prompt_embeds.shape[0]
         latents = self.initial_latents(batch, num_frames, height, width, generator, latents, device)
-        first_frame = (i2v_a14b_image if self.is_moe else ti2v_image)(pil, width, height)
+        if self.is_turbo:
+            first_frame = self.turbo_first_frame(pil, width, height)
+        else:
+            first_frame = (i2v_a14b_image if self.is_moe else ti2v_image)(pil, width, height)
         condition = self.image_condition(first_frame, num_frames, batch, device)
 
         # 5. Denoise
         latents = self.denoise(
             latents, timesteps, experts, step_scales, *text_branches(prompt_embeds, negative_prompt_embeds), **condition,
             attention_kwargs=attention_kwargs, callback_on_step_end=callback_on_step_end,
-            callback_on_step_end_tensor_inputs=tensor_inputs, callback_on_expert_switch=callback_on_expert_switch)
+            callback_on_step_end_tensor_inputs=tensor_inputs, callback_on_expert_switch=callback_on_expert_switch,
+            generator=generator)
 
         # 6. Decode
         return self.video_output(latents, output_type, return_dict, experts, timesteps)

@@ -20,8 +20,10 @@ import torch
 from diffusers import DPMSolverMultistepScheduler, FlowMatchEulerDiscreteScheduler, UniPCMultistepScheduler
 
 from ..core.variants import get_variant
+from .scheduling_rcm import RCMScheduler
 
 logger = logging.getLogger(__name__)
+
 
 def shift_sigmas(sigmas: np.ndarray, shift: float) -> np.ndarray:
     """The flow-matching time shift used by Wan: larger ``shift`` spends more steps at high noise."""
@@ -73,8 +75,12 @@ def set_official_timesteps(
 
     UniPC and Euler get the ``unipc`` grid, DPM-Solver(++) gets the ``dpm++`` grid, each shifted by the scheduler's
     own ``flow_shift`` / ``shift``. ``unshifted_sigmas`` replaces the official grid (e.g. an expert split).
-    Any other scheduler keeps its own ``set_timesteps`` (with a warning).
+    Any other scheduler keeps its own ``set_timesteps`` (with a warning); `RCMScheduler` (distilled Turbo experts)
+    has its own fixed grid, which it keeps without a warning.
     """
+    if isinstance(scheduler, RCMScheduler):
+        scheduler.set_timesteps(num_inference_steps, device=device)
+        return scheduler.timesteps
     if unshifted_sigmas is None:
         unshifted_sigmas = official_unshifted_sigmas(num_inference_steps, solver_family(scheduler))
     if isinstance(scheduler, UniPCMultistepScheduler):

@@ -20,7 +20,7 @@ from ..core.names import DTYPE_NAMES, MEMORY_MODES, SOLVERS
 from .charts import expert_name, memory_chart, progress_strip, schedule_chart
 from .form import GENERAL, check_request, command_line, resolve_seed, shell_command
 from .planning import memory_plan, planner_spec, step_schedule
-from .runner import CANCELLED, DONE, Busy, Job, Runner
+from .runner import DONE, Busy, Job, Runner
 from .tasks import NO_IMAGE, OPTIONAL_IMAGE, REQUIRED_IMAGE, TaskTab, is_tiny, tabs_for
 
 CSS = """
