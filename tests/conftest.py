@@ -27,6 +27,20 @@ def assert_close_rel(actual: torch.Tensor, expected: torch.Tensor, rel: float = 
     return diff
 
 
+def random_lora(expert, paths: tuple[str, ...], prefix: str = "transformer.", seed: int = 0,
+                rank: int = 2) -> dict[str, torch.Tensor]:
+    """A random LoRA (A/B pairs) for the Linear ``paths`` of every block of one Wan transformer, keys as Wan LoRA
+    files hold them (``<prefix>blocks.<i>.<path>.lora_A.weight``)."""
+    g = torch.Generator().manual_seed(seed)
+    sd = {}
+    for i, block in enumerate(expert.blocks):
+        for path in paths:
+            layer = block.get_submodule(path)
+            sd[f"{prefix}blocks.{i}.{path}.lora_A.weight"] = torch.randn(rank, layer.in_features, generator=g)
+            sd[f"{prefix}blocks.{i}.{path}.lora_B.weight"] = torch.randn(layer.out_features, rank, generator=g)
+    return sd
+
+
 def pytest_sessionfinish(session, exitstatus):
     if PARITY_JSON and _MEASUREMENTS:
         Path(PARITY_JSON).write_text(json.dumps(_MEASUREMENTS, indent=1))

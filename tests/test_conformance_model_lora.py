@@ -16,15 +16,14 @@ import pytest
 import torch
 from diffusers import WanTransformer3DModel
 from diffusers.utils import logging
+from peft import LoraConfig
+from peft.tuners.tuners_utils import BaseTunerLayer
+from peft.utils import get_peft_model_state_dict
 from safetensors.torch import load_file
 
+from conftest import random_lora
 from diffusers_wan22 import Wan22ImageToVideoPipeline, Wan22Pipeline, WanMoETransformer3DModel, build_tiny_components
 from diffusers_wan22.loaders.tiny import tiny_transformer_kwargs
-
-peft = pytest.importorskip("peft", reason="LoRA needs peft, part of the `test` extra")
-from peft import LoraConfig  # noqa: E402
-from peft.tuners.tuners_utils import BaseTunerLayer  # noqa: E402
-from peft.utils import get_peft_model_state_dict  # noqa: E402
 
 TOL = 1e-6
 FUSED = 1e-4
@@ -266,15 +265,9 @@ def test_no_lora_keys_log_names_the_moe(moe):
 
 # ------------------------------------------------------------------------------------------ LoRA through the pipeline
 def _expert_lora(expert: WanTransformer3DModel, prefix: str, seed: int, rank: int = 2) -> dict:
-    """Random LoRA A/B for the self-attention q/v of every block, keys relative to one transformer."""
-    g = torch.Generator().manual_seed(seed)
-    sd = {}
-    for i, block in enumerate(expert.blocks):
-        for path in ("attn1.to_q", "attn1.to_v", "attn2.to_k"):
-            layer = block.get_submodule(path)
-            sd[f"{prefix}blocks.{i}.{path}.lora_A.weight"] = torch.randn(rank, layer.in_features, generator=g)
-            sd[f"{prefix}blocks.{i}.{path}.lora_B.weight"] = torch.randn(layer.out_features, rank, generator=g)
-    return sd
+    """Random LoRA A/B for the q/v self-attention and k cross-attention of every block, keys relative to one
+    transformer."""
+    return random_lora(expert, ("attn1.to_q", "attn1.to_v", "attn2.to_k"), prefix, seed, rank)
 
 
 @pytest.fixture

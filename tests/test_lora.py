@@ -6,8 +6,6 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-pytest.importorskip("peft", reason="LoRA needs peft, part of the `test` extra")
-
 TOL = 1e-6  # "unchanged" means equal up to float32 rounding of an identical computation
 
 

@@ -10,18 +10,16 @@ from __future__ import annotations
 import json
 import sys
 
+import gguf
 import numpy as np
 import pytest
 import torch
+from diffusers import DiffusionPipeline, WanTransformer3DModel
+from diffusers.quantizers.gguf.utils import GGUFLinear, dequantize_gguf_tensor
+from safetensors.torch import load_file
 
-gguf = pytest.importorskip("gguf", reason="GGUF experts need the `gguf` package (extras `quant` / `test`)")
-
-from diffusers import DiffusionPipeline, WanTransformer3DModel  # noqa: E402
-from diffusers.quantizers.gguf.utils import GGUFLinear, dequantize_gguf_tensor  # noqa: E402
-from safetensors.torch import load_file  # noqa: E402
-
-from conftest import OFFICIAL  # noqa: E402
-from diffusers_wan22 import (  # noqa: E402
+from conftest import OFFICIAL
+from diffusers_wan22 import (
     POLICY_BYTES,
     QuantizationUnavailableError,
     Wan22Pipeline,
@@ -35,7 +33,7 @@ from diffusers_wan22 import (  # noqa: E402
 from diffusers_wan22.core.memory_planner import A14B, expert_weight_bytes, scoped_params
 from diffusers_wan22.hooks.precision import select_layers
 from gguf_writer import _quantize_q4_k, write_gguf
-from goldens import replay_official_run  # noqa: E402
+from goldens import replay_official_run
 
 FIXTURE = OFFICIAL / "t2v_a14b"
 FP8_FFN_ONE_EXPERT_BOUND = 3e-2  # measured 5.8e-3 (docs/quantization.md); both experts in bf16: 1.1e-2
@@ -145,7 +143,6 @@ def test_quantized_expert_is_not_requantized_and_dense_and_lazy_refuse(tiny_pipe
 
 
 def test_lora_before_fp8_works_after_is_refused(tiny_pipe):
-    pytest.importorskip("peft", reason="LoRA needs peft")
     from test_lora import DIFFUSERS_KEYS, _lora_state_dict
 
     sd = _lora_state_dict(tiny_pipe.transformer.high_noise_expert, "transformer.", DIFFUSERS_KEYS)
@@ -169,7 +166,6 @@ def test_torchao_policy_without_torchao_is_a_clear_error(tiny_pipe, monkeypatch)
 
 @pytest.mark.parametrize("policy", ["int8-weight-only", "fp8-weight-only"])
 def test_torchao_weight_only_on_one_expert(tiny_pipe, policy):
-    pytest.importorskip("torchao.quantization", reason="torchao not installed (optional extra `quant`)")
     ref = _tiny_run(Wan22Pipeline(**tiny_pipe.components))
     low_before = {k: v.clone() for k, v in tiny_pipe.transformer.low_noise_expert.state_dict().items()}
     tiny_pipe.set_expert_precision(high=policy, scope="ffn")

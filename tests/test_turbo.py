@@ -35,7 +35,7 @@ from turbo_support import (
     turbo_transformer,
 )
 
-from conftest import assert_close_rel
+from conftest import assert_close_rel, random_lora
 from diffusers_wan22 import (
     GB,
     I2V_A14B,
@@ -447,14 +447,7 @@ def test_from_turbo_errors_before_reading_weights(tmp_path):
 
 # ----------------------------------------------------------------------------------------------- LoRA
 def _lora(expert, rank: int = 2) -> dict[str, torch.Tensor]:
-    gen = torch.Generator().manual_seed(0)
-    sd = {}
-    for i, block in enumerate(expert.blocks):
-        for name in ("attn1.to_q", "attn1.to_v", "ffn.net.2"):
-            layer = block.get_submodule(name)
-            sd[f"transformer.blocks.{i}.{name}.lora_A.weight"] = torch.randn(rank, layer.in_features, generator=gen)
-            sd[f"transformer.blocks.{i}.{name}.lora_B.weight"] = torch.randn(layer.out_features, rank, generator=gen)
-    return sd
+    return random_lora(expert, ("attn1.to_q", "attn1.to_v", "ffn.net.2"), rank=rank)
 
 
 def _expert_outputs(pipe, g) -> dict[str, torch.Tensor]:
