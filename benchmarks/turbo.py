@@ -8,7 +8,7 @@
     with experts of the same size and the same video size, from image + prompt to the final latents (goal >= 15x);
     the denoising loop alone is timed too.
 
-(c) uses random experts of a small-but-realistic shape (head_dim 128 as in Wan, 4 heads, 2 blocks, FFN 1536) and
+(c) uses random experts of a small-but-realistic shape (head_dim 128 as in Wan, 4 heads, 2 blocks (``--blocks``), FFN 1536) and
 the tiny random umT5 / VAE, at 576x320 x 9 frames (2160 tokens), so the whole script runs on 2 CPU cores in a few
 minutes. The VAE decode is left out (``output_type="latent"``), as in TurboDiffusion's own speed figures; the one
 VAE encode of the image condition stays in, and is relatively expensive here (the tiny VAE's 3-channel convolutions
@@ -16,7 +16,7 @@ run at the full video size, next to a 2-block DiT), while in the real A14B (40 h
 720p) the DiT dominates far more. Runs alternate (baseline, candidate, ...) so machine-load drift hits both; medians
 are reported.
 
-    python benchmarks/turbo.py [--runs 3] [--linear-tokens 4096] [--skip a,b,c]
+    python benchmarks/turbo.py [--runs 3] [--linear-tokens 4096] [--skip a,b,c] [--blocks 2]
 """
 
 from __future__ import annotations
@@ -78,9 +78,9 @@ def bench_linear(tokens: int, runs: int, features: int = 5120) -> None:
           f"{quant * 1e3:8.1f} ms (mode {w8a8.mode}), ratio W8A8/float {quant / dense:.3f}, max rel err {err:.1e}")
 
 
-def _experts(cls, seed: int, **extra):
+def _experts(cls, seed: int, blocks: int, **extra):
     config = dict(patch_size=(1, 2, 2), num_attention_heads=4, attention_head_dim=HEAD_DIM, in_channels=36,
-                  out_channels=16, text_dim=32, freq_dim=256, ffn_dim=1536, num_layers=2, cross_attn_norm=True,
+                  out_channels=16, text_dim=32, freq_dim=256, ffn_dim=1536, num_layers=blocks, cross_attn_norm=True,
                   boundary_ratio=0.9, **extra)
     torch.manual_seed(seed)
     model = cls(**config).eval()
@@ -91,12 +91,13 @@ def _experts(cls, seed: int, **extra):
     return model
 
 
-def bench_pipelines(runs: int) -> None:
+def bench_pipelines(runs: int, blocks: int) -> None:
     parts = build_tiny_components("i2v-A14B", seed=0)
     common = {k: parts[k] for k in ("tokenizer", "text_encoder", "vae")}
-    official = Wan22ImageToVideoPipeline(**common, transformer=_experts(WanMoETransformer3DModel, 0),
+    official = Wan22ImageToVideoPipeline(**common, transformer=_experts(WanMoETransformer3DModel, 0, blocks),
                                          scheduler=official_scheduler("i2v-A14B"))
-    turbo = Wan22ImageToVideoPipeline(**common, transformer=_experts(TurboWanMoETransformer3DModel, 0, sla_topk=0.1),
+    turbo = Wan22ImageToVideoPipeline(**common, transformer=_experts(TurboWanMoETransformer3DModel, 0, blocks,
+                                                                                 sla_topk=0.1),
                                       scheduler=RCMScheduler())
     image = PIL.Image.new("RGB", (576, 320), (90, 140, 200))
     call = dict(prompt="A white cat surfing at sunset.", height=320, width=576, num_frames=9, output_type="latent")
@@ -110,7 +111,7 @@ def bench_pipelines(runs: int) -> None:
 
     base, fast = alternate(run(official), run(turbo), runs)
     loop = {name: statistics.median(times[1:]) for name, times in loop_seconds.items()}  # [0]: the warm-up
-    print(f"(c) I2V 576x320x9 (2160 tokens), 4-head / 2-block experts, image + prompt -> latents: default 40 steps + "
+    print(f"(c) I2V 576x320x9 (2160 tokens), 4-head / {blocks}-block experts, image + prompt -> latents: default 40 steps + "
           f"CFG (80 DiT calls) {base:7.2f} s, Turbo 4 steps (4 DiT calls, SLA 0.1) {fast:6.2f} s, speed-up "
           f"{base / fast:.1f}x; denoising loop alone {loop['official']:7.2f} s vs {loop['turbo']:6.2f} s, speed-up "
           f"{loop['official'] / loop['turbo']:.1f}x")
@@ -131,6 +132,9 @@ def main() -> None:
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--linear-tokens", type=int, default=4096)
     parser.add_argument("--skip", default="", help="comma-separated parts to skip: a, b, c")
+    parser.add_argument("--blocks", type=int, default=2,
+                        help="(c): transformer blocks per expert (real A14B: 40; more blocks give the DiT its real "
+                             "share of the call next to the VAE encode)")
     args = parser.parse_args()
     skip = set(args.skip.split(",")) if args.skip else set()
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, float32 on CPU")
@@ -140,7 +144,7 @@ def main() -> None:
     if "b" not in skip:
         bench_linear(args.linear_tokens, args.runs)
     if "c" not in skip:
-        bench_pipelines(max(1, args.runs // 3))
+        bench_pipelines(max(1, args.runs // 3), args.blocks)
 
 
 if __name__ == "__main__":
