@@ -8,9 +8,9 @@
     with experts of the same size and the same video size, from image + prompt to the final latents (goal >= 15x);
     the denoising loop alone is timed too.
 
-(c) uses random experts of a small-but-realistic shape (head_dim 128 as in Wan, 4 heads, 2 blocks (``--blocks``), FFN 1536) and
-the tiny random umT5 / VAE, at 576x320 x 9 frames (2160 tokens), so the whole script runs on 2 CPU cores in a few
-minutes. The VAE decode is left out (``output_type="latent"``), as in TurboDiffusion's own speed figures; the one
+(c) uses random experts of a small-but-realistic shape (head_dim 128 as in Wan, 4 heads, 2 blocks by default
+(``--blocks``), FFN 1536) and the tiny random umT5 / VAE, at 576x320 x 9 frames (2160 tokens), so the whole script
+runs on 2 CPU cores in a few minutes. The VAE decode is left out (``output_type="latent"``), as in TurboDiffusion's own speed figures; the one
 VAE encode of the image condition stays in, and is relatively expensive here (the tiny VAE's 3-channel convolutions
 run at the full video size, next to a 2-block DiT), while in the real A14B (40 heads, 40 blocks, 75600 tokens at
 720p) the DiT dominates far more. Runs alternate (baseline, candidate, ...) so machine-load drift hits both; medians
@@ -111,8 +111,8 @@ def bench_pipelines(runs: int, blocks: int) -> None:
 
     base, fast = alternate(run(official), run(turbo), runs)
     loop = {name: statistics.median(times[1:]) for name, times in loop_seconds.items()}  # [0]: the warm-up
-    print(f"(c) I2V 576x320x9 (2160 tokens), 4-head / {blocks}-block experts, image + prompt -> latents: default 40 steps + "
-          f"CFG (80 DiT calls) {base:7.2f} s, Turbo 4 steps (4 DiT calls, SLA 0.1) {fast:6.2f} s, speed-up "
+    print(f"(c) I2V 576x320x9 (2160 tokens), 4-head / {blocks}-block experts, image + prompt -> latents: default 40 "
+          f"steps + CFG (80 DiT calls) {base:7.2f} s, Turbo 4 steps (4 DiT calls, SLA 0.1) {fast:6.2f} s, speed-up "
           f"{base / fast:.1f}x; denoising loop alone {loop['official']:7.2f} s vs {loop['turbo']:6.2f} s, speed-up "
           f"{loop['official'] / loop['turbo']:.1f}x")
 
