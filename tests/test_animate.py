@@ -322,7 +322,7 @@ def test_save_and_reload_with_diffusers_give_identical_output(official_pipe, sho
 @pytest.mark.parametrize("mode", ["expert_offload", "group_offload"])
 def test_memory_modes_give_identical_output(short_reference, mode):
     """The offload chain text_encoder -> image_encoder -> transformer -> vae (CPU standing in for the device)."""
-    pipe = Wan22AnimatePipeline.from_official(FIXTURE, torch_dtype=torch.float32)
+    pipe = Wan22AnimatePipeline.from_official(FIXTURE, dtype=torch.float32)  # diffusers' newer name for torch_dtype
     pipe.enable_memory_mode(mode, device="cpu", vae_tiling=False)
     assert torch.equal(pipe(**_short_call()).frames[0], short_reference[1.0])
 

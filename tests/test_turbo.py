@@ -488,7 +488,7 @@ def test_memory_modes_with_turbo_experts_give_the_same_latents():
     pipe.enable_group_offload("cpu", offload_type="block_level", num_blocks_per_group=1)
     assert torch.equal(run_pipeline(pipe, "fp32_sla_quant_ode").frames, reference)
     lazy = Wan22ImageToVideoPipeline.from_turbo(TURBO_DIR, quantized=True, sla_topk=0.25, components=COMPONENTS_DIR,
-                                                sampler="ode", lazy_experts=True, prefetch_steps=0)
+                                                sampler="ode", lazy_experts=True, prefetch_steps=0, dtype=torch.float32)
     lazy.set_progress_bar_config(disable=True)
     assert not lazy.lazy_experts.is_materialised("high") and not lazy.lazy_experts.is_materialised("low")
     assert torch.equal(run_pipeline(lazy, "fp32_sla_quant_ode").frames, reference)
@@ -542,7 +542,7 @@ def test_cli_convert_keeps_int8_and_the_folder_reproduces_from_turbo(tmp_path, c
     assert dtypes["high_noise_expert.blocks.0.attn1.to_q.scale"] == "F32"
     assert "low_noise_expert.blocks.0.attn1.processor.proj_l.weight" in dtypes
     pipe = DiffusionPipeline.from_pretrained(tmp_path / "w8a8",
-                                             torch_dtype={"transformer": torch.float32, "default": torch.bfloat16})
+                                             dtype={"transformer": torch.float32, "default": torch.bfloat16})
     assert isinstance(pipe, Wan22ImageToVideoPipeline) and pipe.is_turbo and pipe.transformer.config.w8a8
     pipe.scheduler = RCMScheduler.from_config(pipe.scheduler.config, sampler="ode")
     pipe.set_progress_bar_config(disable=True)

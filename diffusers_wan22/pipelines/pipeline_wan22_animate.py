@@ -203,10 +203,12 @@ class Wan22AnimatePipeline(Wan22LoraLoaderMixin, Wan22BasePipeline):
                                   transformer=transformer, scheduler=scheduler)
 
     @classmethod
-    def from_official(cls, ckpt_dir, torch_dtype: torch.dtype | None = None, use_relighting_lora: bool = False):
+    def from_official(cls, ckpt_dir, torch_dtype: torch.dtype | None = None, use_relighting_lora: bool = False,
+                      dtype: torch.dtype | None = None):
         """The pipeline from an official Wan2.2-Animate-14B folder (as downloaded); ``use_relighting_lora=True`` adds
         `relighting_lora.ckpt` as the adapter ``"relighting"`` (official replacement setting). Every file is checked
-        before any weight is read."""
+        before any weight is read. ``dtype=`` is diffusers' newer name for ``torch_dtype``."""
+        torch_dtype = dtype or torch_dtype
         pipe = cls(**load_official_animate_components(ckpt_dir, torch_dtype, use_relighting_lora))
         pipe.lazy_source = None
         return pipe

@@ -79,7 +79,8 @@ class Wan22TurboMixin:
     @classmethod
     def from_turbo(cls, folder: str | os.PathLike, quantized: bool = False, sla_topk: float | None = 0.1,
                    torch_dtype: torch.dtype | None = None, components: str | os.PathLike | None = None,
-                   sampler: str = "sde", sigma_max: float = 200.0, lazy_experts: bool = False, **lazy_kwargs):
+                   sampler: str = "sde", sigma_max: float = 200.0, lazy_experts: bool = False,
+                   dtype: torch.dtype | None = None, **lazy_kwargs):
         """TurboWan2.2-I2V-A14B from TurboDiffusion's published files.
 
         Args:
@@ -88,13 +89,14 @@ class Wan22TurboMixin:
             quantized: load the ``-quant`` (W8A8) files.
             sla_topk: SLA's kept fraction of key blocks (TurboDiffusion's default 0.1); ``None``: dense attention.
             torch_dtype: the experts' dtype (``None``: the files'); umT5 and the VAE run in bfloat16 as in
-                TurboDiffusion.
+                TurboDiffusion. ``dtype=`` (diffusers' newer name) is accepted too.
             components: the official Wan2.2-I2V-A14B folder to take umT5, tokenizer and VAE from.
             sampler / sigma_max: the `RCMScheduler` settings (TurboDiffusion: ``"sde"``, 200; ``"ode"`` = its
                 ``--ode``).
             lazy_experts: read no expert now; each is read from its `.pth` at its first step and released when the
                 other runs (``prefetch_steps`` / ``prefetch_bytes`` as in `enable_lazy_experts`).
         """
+        torch_dtype = dtype or torch_dtype  # diffusers' newer name, as in `from_official`
         cls.check_variant("i2v-A14B", folder)
         pipe = cls(**load_turbo_components(folder, quantized, sla_topk, torch_dtype, components, sampler, sigma_max,
                                            lazy_experts))
