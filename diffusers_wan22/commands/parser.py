@@ -278,6 +278,7 @@ def add_ui_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--output_dir", default="wan22_outputs", help="where videos are written (default: "
                                                                       "%(default)s)")
     parser.add_argument("--device", default=None, help="e.g. cuda, cuda:1, cpu (default: cuda if available)")
+    add_turbo_arguments(parser)  # a TurboWan2.2 folder: its Turbo image-to-video tab loads as `generate` would
 
 
 def add_convert_arguments(parser: argparse.ArgumentParser) -> None:
@@ -297,7 +298,8 @@ def add_convert_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def add_turbo_arguments(parser: argparse.ArgumentParser) -> None:
-    """Options of TurboDiffusion's TurboWan2.2-I2V-A14B folders (`convert`; `generate` has them in GENERATE_FLAGS)."""
+    """Options of TurboDiffusion's TurboWan2.2-I2V-A14B folders (`convert`, `ui`; `generate` has them in
+    GENERATE_FLAGS)."""
     for name, spec in TURBO_FLAGS.items():
         parser.add_argument(f"--{name}", **spec)
 

@@ -11,9 +11,10 @@ import torch
 
 from ..ui import build_app, launch
 from ..ui.form import UsageError
+from ..ui.tasks import TURBO_TASK
 from .errors import CliError
 from .parser import build_parser
-from .validate import check_host, resolve_task, validate_generate
+from .validate import check_host, resolve_task, saved_turbo_folder, validate_generate
 
 
 def parse_generate(argv: list[str]) -> argparse.Namespace:
@@ -32,15 +33,27 @@ def parse_generate(argv: list[str]) -> argparse.Namespace:
     return args
 
 
+def turbo_model_flags(args) -> tuple[str, ...]:
+    """The `wan22 generate` flags that load the same TurboWan2.2 experts as this page (every command it shows
+    carries them); ``--quant_linear`` also when the folder holds only the W8A8 pair (the same experts, said)."""
+    if args.turbo_quantized is None:
+        return ()
+    flags = () if args.components is None else ("--components", str(args.components))
+    flags += ("--quant_linear",) if args.turbo_quantized else ()
+    return flags + (() if args.sla_topk is None else ("--sla_topk", f"{args.sla_topk:g}"))
+
+
 def run(args) -> int:
     """`wan22 ui`: refuse a non-local host without ``--allow-remote``, build the page, serve it until Ctrl-C."""
     warning = check_host(args.host, args.port, args.allow_remote)  # refused earlier by validate_ui without the flag
     if warning:
         sys.stderr.write(warning + "\n")
     folder_task = None if args.model == "tiny" else resolve_task(args.model, None)
+    if args.turbo_quantized is not None or saved_turbo_folder(args.model):
+        folder_task = TURBO_TASK  # TurboWan2.2 experts: the Turbo tab, not the official I2V one
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     try:
-        app = build_app(args.model, folder_task, parse_generate, args.output_dir, device)
+        app = build_app(args.model, folder_task, parse_generate, args.output_dir, device, turbo_model_flags(args))
     except ModuleNotFoundError as e:
         raise CliError(None, str(e)) from None
     print(f"wan22 ui: serving {args.model} on http://{args.host}:{args.port} (Ctrl-C to stop)", flush=True)

@@ -572,10 +572,16 @@ def check_host(host: str, port: int, allow_remote: bool) -> str | None:
 
 
 def validate_ui(args: argparse.Namespace) -> None:
-    """`wan22 ui`: the host, the model folder (or ``tiny``) and the device name."""
+    """`wan22 ui`: the host, the model folder (or ``tiny``), the TurboWan2.2 flags (as `generate` checks them;
+    resolves ``args.turbo_quantized``) and the device name."""
     check_host(args.host, args.port, args.allow_remote)
     if not is_tiny(args.model):
         resolve_task(args.model, None)
+    turbo = argparse.Namespace(model=args.model, components=args.components, quant_linear=args.quant_linear,
+                               sla_topk=args.sla_topk, sample_solver=None, sample_shift=None, expert_steps=None,
+                               sample_steps=None, lora=[])
+    check_turbo_flags(turbo)
+    args.turbo_quantized = turbo.turbo_quantized
     check_device(args.device)
 
 

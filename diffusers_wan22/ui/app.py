@@ -17,6 +17,7 @@ from typing import Callable
 
 from ..core.memory_planner import POLICY_BYTES
 from ..core.names import DTYPE_NAMES, MEMORY_MODES, SOLVERS
+from ..schedulers.scheduling_rcm import RCM_SAMPLERS
 from .charts import expert_name, memory_chart, progress_strip, schedule_chart
 from .form import GENERAL, check_request, command_line, resolve_seed, shell_command
 from .planning import memory_plan, planner_spec, step_schedule
@@ -32,6 +33,10 @@ CSS = """
 RUN_MEMORY_MODES = tuple(m for m in MEMORY_MODES if m != "lazy_experts")
 PLAN_PRECISIONS = ("as dtype", *(p for p in POLICY_BYTES if p not in DTYPE_NAMES))
 DEFAULT_BUDGET_GB = 24.0
+# What the size field means, by the tab's image use (and for the rCM tab).
+SIZE_NOTES = {NO_IMAGE: "", REQUIRED_IMAGE: " (area budget: the shape follows the image)",
+              OPTIONAL_IMAGE: " (with an image: area budget)",
+              "rcm": " area (empty: TurboDiffusion's 720p size closest to the image)"}
 POLL_SECONDS = 0.2
 
 
@@ -58,8 +63,12 @@ def parse_size(text: str) -> tuple[int, int] | None:
 class TabPage:
     """The components and events of one task's tab."""
 
-    def __init__(self, gr, tab: TaskTab, runner: Runner, model: str, parse_generate: Callable):
+    def __init__(self, gr, tab: TaskTab, runner: Runner, model: str, parse_generate: Callable,
+                 model_flags: tuple[str, ...] = ()):
         self.gr, self.tab, self.runner, self.model, self.parse_generate = gr, tab, runner, model, parse_generate
+        self.model_flags = model_flags  # `wan22 generate` flags going with --model (TurboWan2.2: --components, ...)
+        # W8A8 Turbo experts are planned at their int8 bytes, as `Wan22TurboMixin.estimate_memory` counts them
+        self.plan_precision = "w8a8" if "--quant_linear" in model_flags else "as dtype"
         self.fields: dict[str, object] = {}
         self.errors: dict[str, object] = {}
 
@@ -98,8 +107,11 @@ class TabPage:
 
     def inputs(self) -> None:
         gr, tab, d = self.gr, self.tab, self.tab.defaults
-        self.add("prompt", gr.Textbox, label="Prompt", lines=2)
-        self.add("negative_prompt", gr.Textbox, label="Negative prompt", placeholder="(the official negative prompt)")
+        optional = " — optional (empty: the official default)" if tab.is_animate else ""
+        self.add("prompt", gr.Textbox, label="Prompt" + optional, lines=2)
+        if not tab.is_turbo:  # the rCM students run without guidance: no negative prompt
+            self.add("negative_prompt", gr.Textbox, label="Negative prompt",
+                     placeholder="(the official negative prompt)")
         if tab.image != NO_IMAGE:
             label = "Image (reference)" if tab.audio else "Image (first frame)"
             self.add("image", gr.Image, label=label + ("" if tab.image == REQUIRED_IMAGE else " — optional"),
@@ -107,24 +119,50 @@ class TabPage:
         if tab.audio:
             self.add("audio", gr.Audio, label="Speech / song", type="filepath")
             self.add("pose_video", gr.Video, label="Pose video — optional", sources=["upload"])
+        if tab.is_animate:
+            self.animate_inputs()
         with gr.Row():
-            area = {NO_IMAGE: "", REQUIRED_IMAGE: " (area budget: the shape follows the image)",
-                    OPTIONAL_IMAGE: " (with an image: area budget)"}[tab.image]
-            self.add("size", gr.Textbox, f"{d.width}*{d.height}", label="Size W*H" + area,
-                     info="official: " + ", ".join(f"{w}*{h}" for w, h in d.supported_sizes))
-            if tab.clips:
+            if not tab.is_animate:  # Animate: the video takes the pose video's size
+                self.add("size", gr.Textbox, "" if tab.is_turbo else f"{d.width}*{d.height}",
+                         label="Size W*H" + SIZE_NOTES[tab.sampler if tab.is_turbo else tab.image],
+                         info="official: " + ", ".join(f"{w}*{h}" for w, h in d.supported_sizes))
+            if tab.audio:
                 self.add("infer_frames", gr.Number, d.num_frames, label="Frames per clip (4k)", precision=0)
                 self.add("num_clip", gr.Number, 0, label="Clips (0: as many as the audio needs)", precision=0)
             else:
-                self.add("frames", gr.Number, d.num_frames, label="Frames (4k+1)", precision=0)
+                label = "Frames per clip (4k+1)" if tab.is_animate else "Frames (4k+1)"
+                self.add("frames", gr.Number, d.num_frames, label=label, precision=0)
         self.sampling_inputs()
+
+    def animate_inputs(self) -> None:
+        """Animate-14B: the official preprocessing output folder and the official flags."""
+        gr = self.gr
+        self.add("src_root_path", gr.Textbox, label="Preprocessing output folder (src_ref.png, src_pose.mp4, "
+                 "src_face.mp4; replace: + src_bg.mp4, src_mask.mp4)", placeholder="./process_results")
+        with gr.Row():
+            self.add("mode", gr.Radio, ["animate", "replace"], value="animate", label="Mode")
+            self.add("refert_num", gr.Dropdown, [1, 5], value=1, label="Frames from the previous clip")
+            self.add("relighting", gr.Checkbox, False, label="Relighting LoRA (official with replace)")
 
     def sampling_inputs(self) -> None:
         gr, tab, d = self.gr, self.tab, self.tab.defaults
         with gr.Row():
-            self.add("steps", gr.Number, d.sample_steps, label="Steps", precision=0)
-            self.add("shift", gr.Number, d.sample_shift, label="Shift")
-            self.add("solver", gr.Dropdown, list(SOLVERS), value="unipc", label="Solver")
+            self.add("steps", gr.Number, tab.default_steps, label="Steps (1-4)" if tab.is_turbo else "Steps",
+                     precision=0)
+            if tab.is_turbo:
+                self.add("solver", gr.Dropdown, list(RCM_SAMPLERS), value="sde", label="Sampler (rCM)")
+            elif not tab.is_animate:
+                self.add("shift", gr.Number, d.sample_shift, label="Shift")
+                self.add("solver", gr.Dropdown, list(SOLVERS), value="unipc", label="Solver")
+        if not tab.is_turbo:
+            self.guidance_inputs()
+        with gr.Row():
+            self.add("seed", gr.Number, 0, label="Seed (-1: random)", precision=0)
+            self.add("dtype", gr.Dropdown, list(DTYPE_NAMES), value="bf16", label="dtype")
+            self.add("memory_mode", gr.Dropdown, list(RUN_MEMORY_MODES), value="none", label="Memory mode")
+
+    def guidance_inputs(self) -> None:
+        gr, tab, d = self.gr, self.tab, self.tab.defaults
         with gr.Row():
             self.add("guidance", gr.Number, d.guidance_scale,
                      label="Guidance (high-noise expert)" if tab.is_moe else "Guidance")
@@ -135,50 +173,54 @@ class TabPage:
                 self.add("split", gr.Checkbox, False, label="Steps per expert", error=False)
                 self.add("high_steps", gr.Number, 2, label="High-noise steps", precision=0, error=False)
                 self.add("low_steps", gr.Number, 2, label="Low-noise steps", precision=0, error="expert_steps")
-        with gr.Row():
-            self.add("seed", gr.Number, 0, label="Seed (-1: random)", precision=0)
-            self.add("dtype", gr.Dropdown, list(DTYPE_NAMES), value="bf16", label="dtype")
-            self.add("memory_mode", gr.Dropdown, list(RUN_MEMORY_MODES), value="none", label="Memory mode")
 
     def plan_panel(self) -> None:
         gr, tab = self.gr, self.tab
         gr.Markdown("**Timestep schedule** (each step's expert; the boundary is where the experts switch)")
-        self.schedule_view = gr.HTML(self.schedule_html(*self.default_values(self.schedule_names())),
+        self.schedule_view = gr.HTML(self.schedule_html(**self.default_values(self.schedule_names())),
                                      elem_id=f"{tab.key}-schedule")
         gr.Markdown("**Memory plan** (predicted peaks per memory mode)")
         with gr.Row():
             self.budget = gr.Number(DEFAULT_BUDGET_GB, label="GPU budget (GB)", elem_id=f"{tab.key}-budget")
-            self.precision = gr.Dropdown(list(PLAN_PRECISIONS), value="as dtype", label="Expert precision (plan)",
-                                         elem_id=f"{tab.key}-precision")
-        self.plan_view = gr.HTML(self.plan_html(*self.default_values(self.plan_names())[:-2], DEFAULT_BUDGET_GB,
-                                                "as dtype"), elem_id=f"{tab.key}-plan")
+            self.precision = gr.Dropdown(list(PLAN_PRECISIONS), value=self.plan_precision,
+                                         label="Expert precision (plan)", elem_id=f"{tab.key}-precision")
+        self.plan_view = gr.HTML(self.plan_html(**self.default_values(self.plan_names()[:-2]),
+                                                budget=DEFAULT_BUDGET_GB, precision=self.plan_precision),
+                                 elem_id=f"{tab.key}-plan")
 
     # ------------------------------------------------------------------ live charts
     def schedule_names(self) -> list[str]:
-        return ["steps", "shift", "solver", "split", "high_steps", "low_steps"] if self.tab.is_moe else [
-            "steps", "shift", "solver"]
+        """The fields the schedule chart reads (those of the tab: an rCM tab has no shift, Animate no solver)."""
+        names = ["steps", "shift", "solver", "split", "high_steps", "low_steps"]
+        return [n for n in names if n in self.fields]
 
     def plan_names(self) -> list[str]:
-        return ["size", "infer_frames" if self.tab.clips else "frames", "dtype", "budget", "precision"]
+        names = ["size", "infer_frames" if self.tab.audio else "frames", "dtype"]
+        return [n for n in names if n in self.fields] + ["budget", "precision"]
 
-    def default_values(self, names: list[str]) -> list:
-        return [self.fields[n].value if n in self.fields else None for n in names]
+    def default_values(self, names: list[str]) -> dict:
+        return {n: self.fields[n].value for n in names if n in self.fields}
 
-    def schedule_html(self, steps, shift, solver, split=False, high=None, low=None) -> str:
+    def schedule_html(self, steps=None, shift=None, solver=None, split=False, high_steps=None,
+                      low_steps=None) -> str:
         """The schedule chart for the current fields (or why there is none)."""
+        shift = self.tab.defaults.sample_shift if "shift" not in self.fields else shift
         try:
-            expert_steps = (int(high), int(low)) if split else None
+            expert_steps = (int(high_steps), int(low_steps)) if split else None
             steps = sum(expert_steps) if expert_steps else int(steps)
             if steps < 1 or steps > 1000 or not shift or shift <= 0:
                 raise ValueError("steps must be 1..1000 and shift > 0")
-            return schedule_chart(step_schedule(self.tab, steps, float(shift), solver or "unipc", expert_steps))
+            return schedule_chart(step_schedule(self.tab, steps, float(shift), solver, expert_steps))
         except (TypeError, ValueError) as e:
             return f"<p>No schedule for these values ({escape(str(e))}).</p>"
 
-    def plan_html(self, size, frames, dtype, budget, precision) -> str:
-        """The memory chart for the current fields (or why there is none)."""
+    def plan_html(self, frames=None, dtype=None, budget=None, precision=None, size="", infer_frames=None) -> str:
+        """The memory chart for the current fields (or why there is none). An empty size (and Animate, whose video
+        takes the pose video's size) plans for the variant's size, the command line's default."""
         found = planner_spec(self.tab, self.model)
-        wh = parse_size(size)
+        d = self.tab.defaults
+        wh = parse_size(size) if (size or "").strip() else (d.width, d.height)
+        frames = infer_frames if self.tab.audio else frames
         if found is None:
             return f"<p>The memory planner has no sizes for {self.tab.variant} yet.</p>"
         if wh is None or not frames or frames < 1 or budget is None or budget <= 0:
@@ -188,15 +230,16 @@ class TabPage:
 
     # ------------------------------------------------------------------ events
     def wire(self) -> None:
-        schedule_inputs = [self.fields[n] for n in self.schedule_names()]
+        schedule_names, plan_names = self.schedule_names(), self.plan_names()
+        schedule_inputs = [self.fields[n] for n in schedule_names]
         for component in schedule_inputs:
-            component.change(self.schedule_html, schedule_inputs, self.schedule_view, concurrency_limit=None,
-                             show_progress="hidden")
-        plan_inputs = [self.fields[n] for n in self.plan_names()[:-2]] + [self.budget, self.precision]
+            component.change(lambda *v: self.schedule_html(**dict(zip(schedule_names, v))), schedule_inputs,
+                             self.schedule_view, concurrency_limit=None, show_progress="hidden")
+        plan_inputs = [self.fields[n] for n in plan_names[:-2]] + [self.budget, self.precision]
         for component in plan_inputs:
-            component.change(self.plan_html, plan_inputs, self.plan_view, concurrency_limit=None,
-                             show_progress="hidden")
-        if self.tab.is_moe:  # with steps per expert, the step count is their sum (the command line's rule)
+            component.change(lambda *v: self.plan_html(**dict(zip(plan_names, v))), plan_inputs, self.plan_view,
+                             concurrency_limit=None, show_progress="hidden")
+        if "split" in self.fields:  # with steps per expert, the step count is their sum (the command line's rule)
             self.fields["split"].change(lambda split: self.gr.update(interactive=not split), self.fields["split"],
                                         self.fields["steps"], concurrency_limit=None)
         outputs = [*self.errors.values(), self.progress, self.video, self.download, self.settings, self.command,
@@ -214,7 +257,7 @@ class TabPage:
         seed = resolve_seed(form.get("seed"))
         stamp = time.strftime("%Y%m%d_%H%M%S")
         output = Path(self.runner.output_dir) / f"wan22_{self.tab.key}_{stamp}_{seed}.mp4"
-        argv = command_line(self.tab, self.model, form, seed, str(output))
+        argv = command_line(self.tab, self.model, form, seed, str(output), self.model_flags)
         request = check_request(self.tab, argv, self.parse_generate)
         if not request.ok:
             yield self.show_errors(request.errors)
@@ -222,7 +265,7 @@ class TabPage:
         args = request.args
         d = self.tab.defaults
         expert_steps = tuple(args.expert_steps) if args.expert_steps else None
-        steps = args.sample_steps or (sum(expert_steps) if expert_steps else d.sample_steps)
+        steps = args.sample_steps or (sum(expert_steps) if expert_steps else self.tab.default_steps)
         schedule = step_schedule(self.tab, steps, args.sample_shift or d.sample_shift, args.sample_solver,
                                  expert_steps)
         try:
@@ -274,9 +317,10 @@ class TabPage:
 
 
 def build_app(model: str, folder_task: str | None, parse_generate: Callable, output_dir: str | os.PathLike,
-              device: str):
+              device: str, model_flags: tuple[str, ...] = ()):
     """The page for ``model`` (``tiny`` or a folder of ``folder_task``). ``parse_generate(argv)`` is the command
-    line's parser and pre-load checks for `wan22 generate` arguments (raising ValueError with the CLI's message)."""
+    line's parser and pre-load checks for `wan22 generate` arguments (raising ValueError with the CLI's message);
+    ``model_flags`` are the `wan22 generate` flags that go with ``--model`` (TurboWan2.2: ``--components``, ...)."""
     gr = _gradio()
     runner = Runner(model, device, output_dir)
     title = "random-weight tiny models (the videos are noise)" if is_tiny(model) else str(model)
@@ -286,7 +330,7 @@ def build_app(model: str, folder_task: str | None, parse_generate: Callable, out
         with gr.Tabs():
             for tab in tabs_for(model, folder_task):
                 with gr.Tab(tab.label, id=tab.key, elem_id=f"tab-{tab.key}"):
-                    TabPage(gr, tab, runner, model, parse_generate).build()
+                    TabPage(gr, tab, runner, model, parse_generate, model_flags).build()
     return app
 
 

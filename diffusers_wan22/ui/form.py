@@ -21,7 +21,8 @@ from dataclasses import dataclass, field
 from types import SimpleNamespace
 from typing import Callable
 
-from ..pipelines import Wan22SpeechToVideoPipeline
+from ..core.animate import ANIMATE_PROMPT
+from ..pipelines import Wan22AnimatePipeline, Wan22SpeechToVideoPipeline
 from ..pipelines.checks import check_common_inputs, check_finite_number, check_moe_inputs, check_video_size
 from .tasks import NO_IMAGE, TaskTab, is_tiny
 
@@ -32,12 +33,15 @@ FLAG_FIELDS = {
     "--sample_guide_scale": "guidance", "--base_seed": "seed", "--image": "image", "--audio": "audio",
     "--pose_video": "pose_video", "--num_clip": "num_clip", "--infer_frames": "infer_frames",
     "--expert-steps": "expert_steps", "--dtype": "dtype", "--memory_mode": "memory_mode",
+    "--src_root_path": "src_root_path", "--refert_num": "refert_num", "--replace_flag": "mode",
+    "--use_relighting_lora": "relighting",
 }
 PARAM_FIELDS = {
     "prompt": "prompt", "negative_prompt": "negative_prompt", "height": "size", "width": "size", "max_area": "size",
     "num_frames": "frames", "num_inference_steps": "steps", "guidance_scale": "guidance",
     "guidance_scale_2": "guidance", "expert_steps": "expert_steps", "infer_frames": "infer_frames",
     "num_clips": "num_clip", "image": "image", "pose_video": "pose_video", "flow_shift": "shift",
+    "segment_frame_length": "frames", "prev_segment_conditioning_frames": "refert_num", "src_root_path": "src_root_path",
 }
 GENERAL = "general"  # an error naming no field: shown next to the Run button
 
@@ -105,38 +109,58 @@ def resolve_seed(seed) -> int:
     return int(seed)
 
 
-def command_line(tab: TaskTab, model: str, form: dict, seed: int, output: str) -> list[str]:
-    """The `wan22 generate` arguments (without ``wan22 generate``) equivalent to the page's fields."""
-    argv = ["--model", model]
+def command_line(tab: TaskTab, model: str, form: dict, seed: int, output: str,
+                 model_flags: tuple[str, ...] = ()) -> list[str]:
+    """The `wan22 generate` arguments (without ``wan22 generate``) equivalent to the page's fields.
+    ``model_flags``: the `wan22 ui` flags that go with ``--model`` (TurboWan2.2: ``--components``, ...)."""
+    argv = ["--model", model, *model_flags]
     if is_tiny(model):
         argv += ["--task", tab.variant]
-    _flag(argv, "--prompt", form.get("prompt"))
+    _flag(argv, "--prompt", form.get("prompt") or None)
     _flag(argv, "--negative_prompt", form.get("negative_prompt") or None)
     if tab.image != NO_IMAGE:
         _flag(argv, "--image", form.get("image"))
-    if tab.audio:
+    if tab.is_animate:
+        _animate_flags(argv, form)
+    elif tab.audio:
         _flag(argv, "--audio", form.get("audio"))
         _flag(argv, "--pose_video", form.get("pose_video"))
         _flag(argv, "--num_clip", form.get("num_clip") or None)  # 0: as many clips as the audio needs
         _flag(argv, "--infer_frames", form.get("infer_frames"))
-    else:
+    if not tab.audio:
         _flag(argv, "--frame_num", form.get("frames"))
     _flag(argv, "--size", (form.get("size") or "").strip())
     _flag(argv, "--sample_steps", form.get("steps"))
     _flag(argv, "--sample_shift", form.get("shift"))
     _flag(argv, "--sample_solver", form.get("solver"))
-    if tab.is_moe:
-        scales = [g for g in (form.get("guidance"), form.get("guidance_2")) if g is not None]
-        _flag(argv, "--sample_guide_scale", *scales)
-        if form.get("split"):
-            _flag(argv, "--expert-steps", form.get("high_steps"), form.get("low_steps"))
-    else:
-        _flag(argv, "--sample_guide_scale", form.get("guidance"))
+    _guidance_flags(argv, tab, form)
     _flag(argv, "--base_seed", seed)
     _flag(argv, "--dtype", form.get("dtype"))
     if form.get("memory_mode") not in (None, "", "none"):
         argv += ["--memory_mode", form["memory_mode"]]
     return argv + ["--output", output]
+
+
+def _animate_flags(argv: list[str], form: dict) -> None:
+    """Animate-14B's official flags: the preprocessing folder, the mode, the frames taken from the previous clip and
+    the relighting LoRA."""
+    _flag(argv, "--src_root_path", (form.get("src_root_path") or "").strip())
+    if form.get("mode") == "replace":
+        argv.append("--replace_flag")
+    _flag(argv, "--refert_num", form.get("refert_num"))
+    if form.get("relighting"):
+        argv.append("--use_relighting_lora")
+
+
+def _guidance_flags(argv: list[str], tab: TaskTab, form: dict) -> None:
+    """``--sample_guide_scale`` (one value, or one per A14B expert) and ``--expert-steps``."""
+    if not tab.is_moe:
+        _flag(argv, "--sample_guide_scale", form.get("guidance"))
+        return
+    scales = [g for g in (form.get("guidance"), form.get("guidance_2")) if g is not None]
+    _flag(argv, "--sample_guide_scale", *scales)
+    if form.get("split"):
+        _flag(argv, "--expert-steps", form.get("high_steps"), form.get("low_steps"))
 
 
 def shell_command(argv: list[str]) -> str:
@@ -179,16 +203,20 @@ def _pipeline_checks(tab: TaskTab, args) -> list[Callable[[], None]]:
     d, geometry = tab.defaults, VariantGeometry.of(tab)
     guide = tuple(args.sample_guide_scale or ())
     width, height = args.size if args.size is not None else (d.width, d.height)
-    steps = args.sample_steps or (sum(args.expert_steps) if args.expert_steps else d.sample_steps)
+    steps = args.sample_steps or (sum(args.expert_steps) if args.expert_steps else tab.default_steps)
     checks = []
     if args.sample_shift is not None:
         checks.append(lambda: check_finite_number("flow_shift", args.sample_shift, 0.0, exclusive=True))
-    if tab.clips:
+    if tab.audio:
         checks.append(lambda: Wan22SpeechToVideoPipeline.check_s2v_inputs(
             geometry, args.image, args.prompt, args.negative_prompt, None, None, width * height, args.num_clip,
             args.infer_frames or d.num_frames, steps, guide[0] if guide else d.guidance_scale, None, args.pose_video,
             "np", ["latents"]))
         return checks
+    if tab.is_animate:
+        return [lambda: Wan22AnimatePipeline.check_animate_inputs(
+            geometry, args.prompt or ANIMATE_PROMPT, args.negative_prompt, None, None, args.frame_num or d.num_frames,
+            args.refert_num or 1, steps, guide[0] if guide else d.guidance_scale, None, "np", ["latents"], 512)]
     frames = args.frame_num or d.num_frames
     # With an image, --size is an area budget (the shape follows the image): only the frame rule is checked here.
     exact = (height, width) if args.image is None else (_smallest_side(geometry),) * 2

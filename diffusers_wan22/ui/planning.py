@@ -15,6 +15,7 @@ from ..core.names import MODEL_INDEX
 from ..core.variants import boundary_timestep
 from ..schedulers.experts import expert_split_unshifted_sigmas, plan_experts
 from ..schedulers.official import official_scheduler, set_official_timesteps, solver_family
+from ..schedulers.scheduling_rcm import RCM_SAMPLERS, RCMScheduler
 from ..utils.memory_specs import spec_from_config
 from .tasks import TaskTab, is_tiny
 
@@ -22,9 +23,13 @@ SOLVER_CLASSES = {"unipc": UniPCMultistepScheduler, "dpm++": DPMSolverMultistepS
 NUM_TRAIN_TIMESTEPS = 1000
 
 
-def scheduler_for(config, solver: str, shift: float | None):
-    """``--sample_solver`` / ``--sample_shift`` on a scheduler config (``None``: keep the config's shift)."""
-    return SOLVER_CLASSES[solver].from_config(config, **({} if shift is None else {"flow_shift": float(shift)}))
+def scheduler_for(config, solver: str | None, shift: float | None):
+    """``--sample_solver`` / ``--sample_shift`` on a scheduler config (``None``: keep the config's shift; no solver:
+    UniPC, the official one). ``sde`` / ``ode``: the rCM sampler of TurboWan2.2 experts (no shift)."""
+    if solver in RCM_SAMPLERS:
+        return RCMScheduler.from_config(config, sampler=solver)
+    return SOLVER_CLASSES[solver or "unipc"].from_config(config, **({} if shift is None else
+                                                                    {"flow_shift": float(shift)}))
 
 
 @dataclass(frozen=True)
@@ -39,9 +44,15 @@ class Schedule:
 def step_schedule(tab: TaskTab, steps: int, shift: float, solver: str = "unipc",
                   expert_steps: tuple[int, int] | None = None) -> Schedule:
     """The schedule the pipeline will run: the official grid of ``solver`` shifted by ``shift`` (or the grid split
-    at the boundary into ``expert_steps``), each step's expert by the official rule (`plan_experts`)."""
-    scheduler = scheduler_for(official_scheduler(tab.variant).config, solver, shift)
+    at the boundary into ``expert_steps``), each step's expert by the official rule (`plan_experts`). A Turbo tab
+    draws the rCM grid (``shift`` and ``expert_steps`` do not apply)."""
     boundary = boundary_timestep(tab.defaults.boundary_ratio, NUM_TRAIN_TIMESTEPS)
+    if tab.is_turbo:
+        rcm = RCMScheduler(sampler=solver if solver in RCM_SAMPLERS else "sde")
+        rcm.set_timesteps(steps)
+        timesteps = rcm.timesteps.tolist()
+        return Schedule([float(t) for t in timesteps], plan_experts(timesteps, boundary), boundary)
+    scheduler = scheduler_for(official_scheduler(tab.variant).config, solver, shift)
     sigmas = None
     if expert_steps is not None and boundary is not None:
         sigmas = expert_split_unshifted_sigmas(*expert_steps, boundary, float(shift), solver_family(scheduler),
@@ -75,7 +86,7 @@ def planner_spec(tab: TaskTab, model: str) -> tuple[ModelSpec, str] | None:
 @lru_cache(maxsize=4)
 def _saved_spec(config_path: str) -> ModelSpec:
     cfg = json.loads(Path(config_path).read_text(encoding="utf-8"))
-    return spec_from_config(cfg, moe=cfg.get("_class_name") == "WanMoETransformer3DModel")
+    return spec_from_config(cfg, moe=cfg.get("_class_name", "").endswith("MoETransformer3DModel"))  # Turbo too
 
 
 def memory_plan(spec: ModelSpec, label: str, width: int, height: int, frames: int, dtype: str,

@@ -99,6 +99,15 @@ class Job:
         return ", ".join(f"{n} step{'s' if n != 1 else ''} {expert_name(e, moe)}" for e, n in counts.items())
 
 
+def loader_options(args) -> dict:
+    """What the loader takes besides the folder, as `wan22 generate` passes it: Animate's relighting LoRA, the
+    TurboWan2.2 experts' files and SLA setting (``args.turbo_quantized`` is resolved by the command line's checks)."""
+    options = {"use_relighting_lora": True} if getattr(args, "use_relighting_lora", False) else {}
+    if getattr(args, "turbo_quantized", None) is not None:
+        options.update(quantized=args.turbo_quantized, components=args.components, sla_topk=args.sla_topk)
+    return options
+
+
 class Runner:
     """The one generation the page may run at a time, and the pipeline it keeps loaded between runs."""
 
@@ -108,7 +117,7 @@ class Runner:
         self._job: Job | None = None
         self._pipe = None
         self._pipe_key: tuple | None = None
-        self._scheduler_config = None
+        self._scheduler = None  # the loaded pipeline's own scheduler (its config and class)
 
     @property
     def busy(self) -> bool:
@@ -149,20 +158,24 @@ class Runner:
         """The pipeline for ``tab`` and ``args``: kept from the previous run when the same, else loaded (the old one
         is released first, so only one model is in memory) and placed as ``--memory_mode`` says."""
         cls = tab.pipeline_class(args.image is not None)
-        key = (tab.key, cls, args.dtype, args.memory_mode)
+        options = loader_options(args)
+        key = (tab.key, cls, args.dtype, args.memory_mode, tuple(sorted(options.items())))
         if key != self._pipe_key:
             self._pipe = self._pipe_key = None
             gc.collect()
-            pipe = load_pipeline(model_source(self.model, tab), DTYPES[args.dtype], pipeline_cls=cls)
+            pipe = load_pipeline(model_source(self.model, tab), DTYPES[args.dtype], pipeline_cls=cls, **options)
             if not isinstance(pipe, cls):  # e.g. a saved TI2V text pipeline used with an image
                 pipe = cls(**pipe.components)
             if args.memory_mode is not None:
                 pipe.enable_memory_mode(args.memory_mode, device=self.device)
             else:
                 pipe.to(self.device)
-            self._pipe, self._pipe_key, self._scheduler_config = pipe, key, pipe.scheduler.config
+            self._pipe, self._pipe_key, self._scheduler = pipe, key, pipe.scheduler
         # From the loaded scheduler's config each time: a previous run's solver or shift does not carry over.
-        self._pipe.scheduler = scheduler_for(self._scheduler_config, args.sample_solver, args.sample_shift)
+        if args.sample_solver is None and args.sample_shift is None:
+            self._pipe.scheduler = type(self._scheduler).from_config(self._scheduler.config)
+        else:
+            self._pipe.scheduler = scheduler_for(self._scheduler.config, args.sample_solver, args.sample_shift)
         return self._pipe
 
     def _generate(self, pipe, job: Job) -> None:

@@ -1,7 +1,7 @@
 """The tabs of `wan22 ui`: one row of `TASK_TABS` per task, saying which inputs the task takes, which pipeline runs
 it and how a parsed `wan22 generate` command line becomes that pipeline's call.
 
-A new task (Animate, Turbo I2V, ...) is one more `TaskTab` row: its inputs, the public pipeline class that runs it,
+A new task is one more `TaskTab` row: its inputs, the public pipeline class that runs it,
 the folders it serves and its call builder. The page, the validation, the plan and the runner read only this table.
 """
 
@@ -13,11 +13,15 @@ from typing import Callable
 import torch
 from PIL import Image
 
+from ..core.animate import source_folder_files
 from ..core.variants import VARIANTS, VariantDefaults
-from ..pipelines import Wan22ImageToVideoPipeline, Wan22Pipeline, Wan22SpeechToVideoPipeline
+from ..pipelines import Wan22AnimatePipeline, Wan22ImageToVideoPipeline, Wan22Pipeline, Wan22SpeechToVideoPipeline
+from ..pipelines.turbo import TURBO_STEPS
 
 # How a tab uses an image: not at all, optionally (TI2V: text or image mode) or always.
 NO_IMAGE, OPTIONAL_IMAGE, REQUIRED_IMAGE = "none", "optional", "required"
+# What `wan22 ui` calls the task of a TurboWan2.2 folder (`wan22 generate` sees an i2v-A14B model with Turbo experts).
+TURBO_TASK = "turbo-i2v-A14B"
 
 
 def video_call(args, generator: torch.Generator) -> dict:
@@ -48,6 +52,26 @@ def speech_call(args, generator: torch.Generator) -> dict:
                 pose_video=None if args.pose_video is None else str(args.pose_video))
 
 
+def turbo_call(args, generator: torch.Generator) -> dict:
+    """Keyword arguments of `Wan22ImageToVideoPipeline` on TurboWan2.2 experts for a parsed `wan22 generate`
+    command: the size the command line chose (`validate.image_resolution`: TurboDiffusion's 720p table entry, or
+    its area rule within ``--size``), no guidance (the rCM students run one expert call per step)."""
+    width, height = args.resolution
+    return dict(image=Image.open(args.image), prompt=args.prompt, num_frames=args.frame_num,
+                num_inference_steps=args.sample_steps, height=height, width=width, generator=generator)
+
+
+def animate_call(args, generator: torch.Generator) -> dict:
+    """Keyword arguments of `Wan22AnimatePipeline` for a parsed `wan22 generate` command of an Animate folder (the
+    official flags: ``--src_root_path``, ``--replace_flag``, ``--refert_num``, ``--frame_num`` per clip)."""
+    guide = args.sample_guide_scale or []
+    return dict(**source_folder_files(args.src_root_path, args.replace_flag),
+                mode="replace" if args.replace_flag else "animate", prompt=args.prompt,
+                negative_prompt=args.negative_prompt, segment_frame_length=args.frame_num,
+                prev_segment_conditioning_frames=args.refert_num or 1, num_inference_steps=args.sample_steps,
+                guidance_scale=guide[0] if guide else None, generator=generator)
+
+
 @dataclass(frozen=True)
 class TaskTab:
     """One tab of the page: a task, its inputs and how it runs.
@@ -64,6 +88,9 @@ class TaskTab:
         clips: the task makes a video clip after clip (progress names the clip; ``--infer_frames`` per clip).
         serves: tasks of model folders this tab runs on (`wan22 ui --model DIR` shows the tabs serving its task).
         call: parsed command line + generator -> the pipeline's keyword arguments.
+        sampler: ``"official"`` (UniPC / DPM++ with a shift), ``"rcm"`` (TurboWan2.2: the rCM sampler, 1-4 steps, no
+            shift, no guidance) or ``"animate"`` (the official sampler; inputs from a preprocessing folder).
+        tiny: ``wan22 ui --model tiny`` shows the tab (a tiny random model of the task exists).
     """
 
     key: str
@@ -77,6 +104,8 @@ class TaskTab:
     clips: bool
     serves: tuple[str, ...]
     call: Callable[..., dict]
+    sampler: str = "official"
+    tiny: bool = True
 
     @property
     def defaults(self) -> VariantDefaults:
@@ -86,6 +115,19 @@ class TaskTab:
     def is_moe(self) -> bool:
         """Two experts (A14B): guidance per expert, steps per expert and a boundary."""
         return self.defaults.boundary_ratio is not None
+
+    @property
+    def is_turbo(self) -> bool:
+        return self.sampler == "rcm"
+
+    @property
+    def is_animate(self) -> bool:
+        return self.sampler == "animate"
+
+    @property
+    def default_steps(self) -> int:
+        """The steps of a run that leaves ``--sample_steps`` unset (TurboDiffusion: 4)."""
+        return TURBO_STEPS if self.is_turbo else self.defaults.sample_steps
 
     def pipeline_class(self, with_image: bool) -> type:
         """The pipeline class running this tab's call."""
@@ -102,6 +144,12 @@ TASK_TABS: tuple[TaskTab, ...] = (
     TaskTab("s2v", "Speech to video (S2V-14B)", "s2v-14B", Wan22SpeechToVideoPipeline,
             Wan22SpeechToVideoPipeline, REQUIRED_IMAGE, audio=True, pose=True, clips=True, serves=("s2v-14B",),
             call=speech_call),
+    TaskTab("turbo", "Turbo image to video (TurboWan2.2-I2V-A14B)", "i2v-A14B", Wan22ImageToVideoPipeline,
+            Wan22ImageToVideoPipeline, REQUIRED_IMAGE, audio=False, pose=False, clips=False, serves=(TURBO_TASK,),
+            call=turbo_call, sampler="rcm", tiny=False),
+    TaskTab("animate", "Character animation (Animate-14B)", "animate-14B", Wan22AnimatePipeline,
+            Wan22AnimatePipeline, NO_IMAGE, audio=False, pose=False, clips=True, serves=("animate-14B",),
+            call=animate_call, sampler="animate", tiny=False),
 )
 
 
@@ -111,9 +159,10 @@ def is_tiny(model: str) -> bool:
 
 
 def tabs_for(model: str, folder_task: str | None) -> tuple[TaskTab, ...]:
-    """The tabs for ``wan22 ui --model``: every tab for ``tiny``, else those serving the folder's task."""
+    """The tabs for ``wan22 ui --model``: every tab with a tiny model for ``tiny``, else those serving the folder's
+    task (`TURBO_TASK` for a TurboWan2.2 folder)."""
     if is_tiny(model):
-        return TASK_TABS
+        return tuple(tab for tab in TASK_TABS if tab.tiny)
     tabs = tuple(tab for tab in TASK_TABS if folder_task in tab.serves)
     if not tabs:
         raise ValueError(f"--model {model!r} holds a {folder_task} model, which no tab of `wan22 ui` runs yet "
