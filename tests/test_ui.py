@@ -4,21 +4,32 @@ served beyond this machine only on request. (tests/test_ui_browser.py drives the
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import imageio.v2 as imageio
 import numpy as np
 import pytest
 import torch
+from PIL import Image
 
 from diffusers_wan22 import Wan22Pipeline, build_tiny_components
 from diffusers_wan22.cli import main
-from diffusers_wan22.commands.ui import parse_generate
-from diffusers_wan22.commands.validate import check_host
+from diffusers_wan22.commands.parser import build_parser
+from diffusers_wan22.commands.ui import parse_generate, turbo_model_flags
+from diffusers_wan22.commands.validate import check_host, validate_ui
+from diffusers_wan22.core.image_sizes import turbo_adaptive_size
+from diffusers_wan22.schedulers.scheduling_rcm import RCMScheduler
 from diffusers_wan22.ui.form import check_request, command_line, field_of
 from diffusers_wan22.ui.planning import scheduler_for, step_schedule
-from diffusers_wan22.ui.runner import DONE, Runner
-from diffusers_wan22.ui.tasks import TASK_TABS, tabs_for
+from diffusers_wan22.ui.runner import DONE, Runner, loader_options
+from diffusers_wan22.ui.tasks import TASK_TABS, TURBO_TASK, tabs_for
 
 TABS = {tab.key: tab for tab in TASK_TABS}
+FIXTURES = Path(__file__).resolve().parent / "fixtures"
+TURBO, I2V = FIXTURES / "turbo" / "components", FIXTURES / "official" / "i2v_a14b"  # TurboWan2.2 experts, umT5/VAE
+ANIMATE = FIXTURES / "official" / "animate_14b"
+ANIMATE_INPUTS = ANIMATE / "inputs" / "animate"  # the official preprocessing output (animation: no bg / mask)
+TURBO_IMAGE = FIXTURES / "turbo" / "fp32_sla_ode" / "image.png"
 
 
 def _form(**fields) -> dict:
@@ -99,10 +110,86 @@ def test_error_messages_name_their_field():
 
 
 def test_tabs_follow_the_folder():
-    assert [t.key for t in tabs_for("tiny", None)] == ["t2v", "i2v", "ti2v", "s2v"]
+    assert [t.key for t in tabs_for("tiny", None)] == ["t2v", "i2v", "ti2v", "s2v"]  # Turbo / Animate: no tiny model
     assert [t.key for t in tabs_for("/models/x", "i2v-A14B")] == ["i2v"]
+    assert [t.key for t in tabs_for("/models/x", TURBO_TASK)] == ["turbo"]
+    assert [t.key for t in tabs_for("/models/x", "animate-14B")] == ["animate"]
     with pytest.raises(ValueError, match="no tab"):
-        tabs_for("/models/x", "animate-14B")
+        tabs_for("/models/x", "flf2v-A14B")
+
+
+def _ui_args(*argv: str):
+    args = build_parser().parse_args(["ui", *argv])
+    validate_ui(args)
+    return args
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--components", str(I2V)], "--components applies to TurboWan2.2 folders only"),
+    (["--model", str(ANIMATE), "--quant_linear"], "--quant_linear applies to TurboWan2.2 folders"),
+    (["--model", str(TURBO)], "has no models_t5_umt5-xxl-enc-bf16.pth"),  # umT5 / VAE: pass --components
+    (["--model", str(TURBO), "--components", str(I2V), "--sla_topk", "2"], "--sla_topk must be a fraction in (0, 1]"),
+])
+def test_wan22_ui_checks_the_turbo_flags_as_generate_does(argv, message, capsys):
+    assert main(["ui", *argv]) == 2
+    assert message in capsys.readouterr().err
+
+
+def test_the_turbo_tab_makes_a_turbo_command_line():
+    """A TurboWan2.2 folder: every command carries --components (and --quant_linear for the W8A8 experts), takes
+    the rCM sampler and TurboDiffusion's area rule; shift, guidance and steps past 4 are refused on their fields."""
+    tab, args = TABS["turbo"], _ui_args("--model", str(TURBO), "--components", str(I2V))
+    flags = turbo_model_flags(args)
+    assert flags == ("--components", str(I2V))
+    assert turbo_model_flags(_ui_args("--model", str(TURBO), "--components", str(I2V), "--quant_linear",
+                                      "--sla_topk", "0.25"))[2:] == ("--quant_linear", "--sla_topk", "0.25")
+    form = dict(prompt="A cat surfing.", image=str(TURBO_IMAGE), size="304*256", frames=5, steps=4, solver="sde",
+                dtype="fp32", memory_mode="none")
+    argv = command_line(tab, str(TURBO), form, 1, "o.mp4", flags)
+    request = check_request(tab, argv, parse_generate)
+    assert request.ok, request.errors
+    assert "--sample_shift" not in argv and "--sample_guide_scale" not in argv and "--negative_prompt" not in argv
+    parsed = request.args
+    assert (parsed.sample_solver, parsed.turbo_quantized, str(parsed.components)) == ("sde", False, str(I2V))
+    assert tuple(parsed.resolution) == turbo_adaptive_size(*Image.open(TURBO_IMAGE).size, 304 * 256)
+    assert loader_options(parsed) == dict(quantized=False, components=I2V, sla_topk=0.1)  # as `generate` loads it
+    refused = check_request(tab, command_line(tab, str(TURBO), dict(form, steps=5), 1, "o.mp4", flags),
+                            parse_generate)
+    assert "--sample_steps must be 1..4" in refused.errors["steps"]
+    refused = check_request(tab, command_line(tab, str(TURBO), dict(form, image=None), 1, "o.mp4", flags),
+                            parse_generate)
+    assert "needs --image" in refused.errors["image"]
+
+
+@pytest.mark.parametrize("steps", [1, 2, 4])
+def test_the_turbo_schedule_is_the_rcm_grid(steps):
+    scheduler = RCMScheduler()
+    scheduler.set_timesteps(steps)
+    drawn = step_schedule(TABS["turbo"], steps, 5.0, "ode")
+    assert drawn.timesteps == scheduler.timesteps.tolist() and drawn.boundary == 900.0
+    # the high-noise expert while t >= 0.9 (995, 934), then the low-noise one (853, 609)
+    assert drawn.experts == ["high", "high", "low", "low"][:steps]
+
+
+def test_the_animate_tab_takes_the_official_flags():
+    tab = TABS["animate"]
+    form = dict(src_root_path=str(ANIMATE_INPUTS), mode="animate", refert_num=5, relighting=True, frames=13, steps=2,
+                guidance=1.0, dtype="fp32", memory_mode="none")
+    argv = command_line(tab, str(ANIMATE), form, 0, "o.mp4")
+    request = check_request(tab, argv, parse_generate)
+    assert request.ok, request.errors
+    parsed = request.args
+    assert (parsed.task, parsed.prompt, parsed.refert_num, parsed.frame_num, parsed.replace_flag) == (
+        "animate-14B", None, 5, 13, False)  # no prompt: the pipeline uses the official one
+    assert loader_options(parsed) == {"use_relighting_lora": True}
+    cases = [(dict(mode="replace"), "src_root_path", "lacks ['src_bg.mp4', 'src_mask.mp4']"),
+             (dict(src_root_path=""), "src_root_path", "needs --src_root_path"),
+             (dict(frames=6), "frames", "--frame_num must be 4k+1"),
+             (dict(refert_num=3), "refert_num", "--refert_num must be 1 or 5"),
+             (dict(frames=9), "frames", "fewer than the 5 conditioning frames")]  # the pipeline's own check
+    for fields, field, message in cases:
+        refused = check_request(tab, command_line(tab, str(ANIMATE), {**form, **fields}, 0, "o.mp4"), parse_generate)
+        assert field in refused.errors and message in refused.errors[field], (fields, refused.errors)
 
 
 def test_a_remote_host_needs_the_flag_and_warns(capsys, tmp_path):
