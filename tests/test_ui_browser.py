@@ -5,7 +5,9 @@ Playwright's Python API with ``executable_path``; no browser is downloaded) the 
 * a run shows its progress step by step with the expert of each step, then a `<video>` whose file is a real mp4
   with the requested frame count, a download, the settings and the equivalent `wan22 generate` command;
 * while a run runs no second one can start, and Cancel stops it through the pipeline's interrupt;
-* speech-to-video gives a video with its audio in the page.
+* speech-to-video gives a video with its audio in the page;
+* a TurboWan2.2 folder (`--model TURBO --components I2V`) and an Animate-14B folder each get their own tab, whose
+  run names the expert (Turbo) or the clip (Animate) of each step and ends in a real mp4.
 
 The same test takes a screenshot of every tab; with ``WAN22_UI_SCREENSHOTS=docs/ui`` it writes them where docs/ui.md
 shows them (otherwise into a temporary folder, so a test run leaves the tracked images alone).
@@ -13,12 +15,14 @@ shows them (otherwise into a temporary folder, so a test run leaves the tracked 
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import shlex
 import shutil
 import socket
 import subprocess
+import sys
 import tempfile
 import time
 import urllib.request
@@ -30,6 +34,8 @@ import pytest
 from PIL import Image
 from test_cli import _has_audio_stream, read_video
 
+from diffusers_wan22.commands.ui import parse_generate
+
 ROOT = Path(__file__).resolve().parents[1]
 SCREENSHOTS = Path(os.environ.get("WAN22_UI_SCREENSHOTS") or tempfile.mkdtemp(prefix="wan22_ui_shots_"))
 CHROMIUM = "/usr/bin/chromium"
@@ -37,8 +43,11 @@ CHROMIUM = "/usr/bin/chromium"
 # closed; Chromium would otherwise keep trying Google's hosts).
 CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
                   "--disable-background-networking", "--disable-component-update", "--disable-sync"]
-TABS = ("t2v", "i2v", "ti2v", "s2v")
+TABS = ("t2v", "i2v", "ti2v", "s2v", "turbo", "animate")
 STARTUP_SECONDS = 240
+FIXTURES = ROOT / "tests" / "fixtures"
+TURBO, I2V = FIXTURES / "turbo" / "components", FIXTURES / "official" / "i2v_a14b"
+ANIMATE = FIXTURES / "official" / "animate_14b"
 
 
 def _free_port() -> int:
@@ -61,15 +70,16 @@ def _wait_until_serving(url: str, proc: subprocess.Popen, log: Path) -> None:
     pytest.fail(f"`wan22 ui` did not serve {url} within {STARTUP_SECONDS} s:\n{log.read_text()[-3000:]}")
 
 
-@pytest.fixture(scope="module")
-def server(tmp_path_factory):
-    """`wan22 ui --model tiny` on a free local port; yields (url, output folder, log file)."""
-    work = tmp_path_factory.mktemp("ui")
+@contextlib.contextmanager
+def serve(work: Path, *model_args: str):
+    """`wan22 ui <model_args>` of this checkout (not whatever `wan22` is on PATH) on a free local port; yields
+    (url, output folder, log file) while it serves."""
     out, log = work / "outputs", work / "server.log"
     port = _free_port()
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))}
     with open(log, "w") as sink:
-        proc = subprocess.Popen(["wan22", "ui", "--model", "tiny", "--port", str(port), "--output_dir", str(out)],
-                                cwd=work, stdout=sink, stderr=subprocess.STDOUT)
+        proc = subprocess.Popen([sys.executable, "-m", "diffusers_wan22.cli", "ui", *model_args, "--port", str(port),
+                                 "--output_dir", str(out)], cwd=work, stdout=sink, stderr=subprocess.STDOUT, env=env)
     url = f"http://127.0.0.1:{port}/"
     try:
         _wait_until_serving(url, proc, log)
@@ -80,8 +90,15 @@ def server(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def page(server):
-    """A headless Debian Chromium page on the UI. Missing pieces fail the test (CI installs them: .ci/run)."""
+def server(tmp_path_factory):
+    """`wan22 ui --model tiny`."""
+    with serve(tmp_path_factory.mktemp("ui"), "--model", "tiny") as running:
+        yield running
+
+
+@pytest.fixture(scope="module")
+def browser():
+    """A headless Debian Chromium. Missing pieces fail the test (CI installs them: .ci/run)."""
     if shutil.which(CHROMIUM) is None:
         pytest.fail(f"{CHROMIUM} is missing: the browser test needs Debian's chromium (apt-get install -y chromium)")
     try:
@@ -90,12 +107,27 @@ def page(server):
         pytest.fail("playwright is missing: pip install -e '.[test]' (it drives /usr/bin/chromium, no download)")
     with sync_playwright() as pw:
         browser = pw.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_FLAGS)
-        page = browser.new_page(viewport={"width": 1280, "height": 900}, accept_downloads=True)
-        page.set_default_timeout(60_000)
-        page.goto(server[0])
-        page.wait_for_selector("#t2v-run")
-        yield page
+        yield browser
         browser.close()
+
+
+@contextlib.contextmanager
+def open_page(browser, url: str, first_tab: str):
+    """A page of ``browser`` on the UI at ``url``, once the tab ``first_tab`` is shown."""
+    page = browser.new_page(viewport={"width": 1280, "height": 900}, accept_downloads=True)
+    page.set_default_timeout(60_000)
+    page.goto(url)
+    page.wait_for_selector(f"#{first_tab}-run")
+    try:
+        yield page
+    finally:
+        page.close()
+
+
+@pytest.fixture(scope="module")
+def page(browser, server):
+    with open_page(browser, server[0], "t2v") as page:
+        yield page
 
 
 # ------------------------------------------------------------------ helpers
@@ -104,6 +136,14 @@ def fill(page, field: str, value) -> None:
     box = page.locator(f"#{field} textarea, #{field} input").first
     box.fill(str(value))
     box.press("Tab")
+
+
+def choose(page, field: str, value: str) -> None:
+    """Pick ``value`` in a dropdown field: type it (the list filters) and take it with Enter."""
+    box = page.locator(f"#{field} input").first
+    box.fill(value)
+    box.press("Enter")
+    page.wait_for_function("([s, v]) => document.querySelector(s).value === v", arg=[f"#{field} input", value])
 
 
 def watch_progress(page, tab: str, until: str, limit: float = 90.0) -> list[str]:
@@ -260,4 +300,65 @@ def test_speech_to_video_plays_with_its_audio(page, server, tmp_path):
     assert read_video(video)[0] == 5  # 8 frames per clip, the first clip drops the reference's 3
     assert _has_audio_stream(video)
     page.screenshot(path=SCREENSHOTS / "s2v.png", full_page=True)
+
+
+def run_to_the_video(page, tab: str, tmp_path: Path) -> tuple[list[str], tuple, list[str]]:
+    """Run the tab as filled in; returns the progress lines seen, the page video's (frames, size, ...) and the
+    `wan22 generate` command it shows, after checking that command passes the command line's own checks."""
+    page.click(f"#{tab}-run")
+    seen = watch_progress(page, tab, "Done in")
+    video = read_video(download_video(page, tab, tmp_path / f"{tab}.mp4"))
+    command = shlex.split(page.input_value(f"#{tab}-command textarea"))
+    assert command[:2] == ["wan22", "generate"]
+    parse_generate(command[2:-2] + ["--output", str(tmp_path / "again.mp4")])  # a valid `wan22 generate` line
+    page.screenshot(path=SCREENSHOTS / f"{tab}.png", full_page=True)
+    return seen, video, command
+
+
+def test_turbo_tab_runs_the_rcm_experts(browser, tmp_path_factory, tmp_path):
+    """`wan22 ui --model TurboWan2.2 --components Wan2.2-I2V-A14B`: one Turbo tab, the rCM schedule (2 + 2 steps
+    around t=900), each step's expert live, a real mp4 at TurboDiffusion's size rule."""
+    image = FIXTURES / "turbo" / "fp32_sla_ode" / "image.png"
+    with serve(tmp_path_factory.mktemp("turbo"), "--model", str(TURBO), "--components", str(I2V)) as (url, _, _), \
+            open_page(browser, url, "turbo") as page:
+        assert page.locator("[id^=tab-][id$=-button]").count() == 1  # the Turbo tab only
+        assert "boundary t=900" in page.inner_html("#turbo-schedule")
+        assert "high-noise expert: 2 steps" in page.inner_text("#turbo-schedule")
+        assert not page.locator("#turbo-shift").count() and not page.locator("#turbo-guidance").count()
+        fill(page, "turbo-prompt", "A white cat surfing at sunset.")
+        page.set_input_files("#turbo-image input[type=file]", str(image))
+        page.locator("#turbo-image img").wait_for()
+        fill(page, "turbo-size", "304*256")  # SLA keeps 10% of the key blocks: enough tokens for one
+        fill(page, "turbo-frames", 5)
+        choose(page, "turbo-dtype", "fp32")
+        seen, video, command = run_to_the_video(page, "turbo", tmp_path)
+    # a step of these experts takes about half a second on 2 CPU cores: the live lines are seen
+    assert any(re.match(r"step [1-4]/4 · (high|low)-noise expert · t=\d", line) for line in seen), seen
+    assert "(2 steps high-noise expert, 2 steps low-noise expert): 5 frames, 320x240" in seen[-1], seen[-1]
+    assert video[:2] == (5, (320, 240))
+    assert command[2:6] == ["--model", str(TURBO), "--components", str(I2V)] and "--sample_solver" in command
+
+
+def test_animate_tab_runs_clip_after_clip(browser, tmp_path_factory, tmp_path):
+    """`wan22 ui --model Wan2.2-Animate-14B`: the preprocessing folder as input, progress per clip, a real mp4 of
+    the pose video's length."""
+    inputs = ANIMATE / "inputs" / "animate"
+    with serve(tmp_path_factory.mktemp("animate"), "--model", str(ANIMATE)) as (url, _, _), \
+            open_page(browser, url, "animate") as page:
+        fill(page, "animate-src_root_path", inputs)
+        page.click("#animate-mode label:has-text('replace')")  # no src_bg / src_mask here: refused on the field
+        page.click("#animate-run")
+        assert "lacks ['src_bg.mp4', 'src_mask.mp4']" in error_text(page, "animate", "src_root_path")
+        page.click("#animate-mode label:has-text('animate')")
+        fill(page, "animate-frames", 5)
+        fill(page, "animate-steps", 2)
+        choose(page, "animate-dtype", "fp32")
+        seen, video, command = run_to_the_video(page, "animate", tmp_path)
+    assert re.search(r"Done in [\d.]+ s \(4 steps transformer\): 8 frames, 64x80, 2 clip\(s\)", seen[-1]), seen
+    assert any(re.match(r"clip 2 · step [12]/2 · transformer · t=\d", line) for line in seen), seen  # ~2 s a step
+    assert video[:2] == (8, (64, 80))
+    assert command[command.index("--src_root_path") + 1] == str(inputs) and "--replace_flag" not in command
+
+
+def test_every_tab_has_a_screenshot():
     assert sorted(p.stem for p in SCREENSHOTS.glob("*.png")) == sorted(TABS)
