@@ -37,6 +37,7 @@ DEFAULT_BUDGET_GB = 24.0
 SIZE_NOTES = {NO_IMAGE: "", REQUIRED_IMAGE: " (area budget: the shape follows the image)",
               OPTIONAL_IMAGE: " (with an image: area budget)",
               "rcm": " area (empty: TurboDiffusion's 720p size closest to the image)"}
+TURBO_SIZE_INFO = "TurboDiffusion: 720p sizes (1280*720 area); with a size, the image's shape in that area"
 POLL_SECONDS = 0.2
 
 
@@ -125,7 +126,8 @@ class TabPage:
             if not tab.is_animate:  # Animate: the video takes the pose video's size
                 self.add("size", gr.Textbox, "" if tab.is_turbo else f"{d.width}*{d.height}",
                          label="Size W*H" + SIZE_NOTES[tab.sampler if tab.is_turbo else tab.image],
-                         info="official: " + ", ".join(f"{w}*{h}" for w, h in d.supported_sizes))
+                         info=TURBO_SIZE_INFO if tab.is_turbo else
+                         "official: " + ", ".join(f"{w}*{h}" for w, h in d.supported_sizes))
             if tab.audio:
                 self.add("infer_frames", gr.Number, d.num_frames, label="Frames per clip (4k)", precision=0)
                 self.add("num_clip", gr.Number, 0, label="Clips (0: as many as the audio needs)", precision=0)
@@ -151,10 +153,12 @@ class TabPage:
                      precision=0)
             if tab.is_turbo:
                 self.add("solver", gr.Dropdown, list(RCM_SAMPLERS), value="sde", label="Sampler (rCM)")
-            elif not tab.is_animate:
+            elif tab.is_animate:
+                self.add("guidance", gr.Number, d.guidance_scale, label="Guidance (1: none)")
+            else:
                 self.add("shift", gr.Number, d.sample_shift, label="Shift")
                 self.add("solver", gr.Dropdown, list(SOLVERS), value="unipc", label="Solver")
-        if not tab.is_turbo:
+        if tab.sampler == "official":
             self.guidance_inputs()
         with gr.Row():
             self.add("seed", gr.Number, 0, label="Seed (-1: random)", precision=0)
