@@ -166,7 +166,7 @@ def tabs_for(model: str, folder_task: str | None) -> tuple[TaskTab, ...]:
     tabs = tuple(tab for tab in TASK_TABS if folder_task in tab.serves)
     if not tabs:
         raise ValueError(f"--model {model!r} holds a {folder_task} model, which no tab of `wan22 ui` runs yet "
-                         f"(tabs: {', '.join(t.variant for t in TASK_TABS)}).")
+                         f"(tabs: {', '.join(task for t in TASK_TABS for task in t.serves)}).")
     return tabs
 
 
