@@ -18,10 +18,11 @@ from diffusers_wan22.commands.parser import build_parser
 from diffusers_wan22.commands.ui import parse_generate, turbo_model_flags
 from diffusers_wan22.commands.validate import check_host, validate_ui
 from diffusers_wan22.core.image_sizes import turbo_adaptive_size
+from diffusers_wan22.pipelines.generate_args import loader_options
 from diffusers_wan22.schedulers.scheduling_rcm import RCMScheduler
 from diffusers_wan22.ui.form import check_request, command_line, field_of
 from diffusers_wan22.ui.planning import scheduler_for, step_schedule
-from diffusers_wan22.ui.runner import DONE, Runner, loader_options
+from diffusers_wan22.ui.runner import DONE, Runner
 from diffusers_wan22.ui.tasks import TASK_TABS, TURBO_TASK, tabs_for
 
 TABS = {tab.key: tab for tab in TASK_TABS}

@@ -13,9 +13,7 @@ from pathlib import Path
 import torch
 from accelerate import PartialState
 from diffusers import DPMSolverMultistepScheduler, UniPCMultistepScheduler
-from PIL import Image
 
-from ..core.animate import source_folder_files
 from ..core.variants import get_variant
 from ..pipelines import (
     Wan22AnimatePipeline,
@@ -25,6 +23,7 @@ from ..pipelines import (
     load_pipeline,
 )
 from ..pipelines.checks import device_memory_bytes
+from ..pipelines.generate_args import loader_options, pipeline_call
 from ..schedulers.scheduling_rcm import RCMScheduler
 from ..utils.memory_specs import spec_from_pipeline
 from ..utils.video import save_video
@@ -101,14 +100,13 @@ def describe_resolution(args, resolution: tuple[int, int] | None) -> str:
     return f"Resolution: {resolution[0]}x{resolution[1]}: the image's aspect ratio within {area}"
 
 
-def check_before_loading(args, device: torch.device) -> tuple[int, int] | None:
+def check_before_loading(args, device: torch.device) -> None:
     """The check that needs torch but no weight (the memory planner against the device); prints the resolution
     (chosen from the image for the image tasks, see `validate.image_resolution`) and the seed."""
     if not args.no_memory_check and not getattr(args, "memory_checked", False):
         check_cli_memory(args, accelerator_bytes(device), on_cpu=device.type == "cpu")
     print(describe_resolution(args, args.resolution))
     print(f"Seed: {args.base_seed}")
-    return args.resolution
 
 
 # ------------------------------------------------------------------------------------------------ placing
@@ -151,69 +149,30 @@ def load_loras(pipe, loras: list[tuple[str, float, str]]) -> None:
 def run(args) -> int:
     """`wan22 generate`: check what needs torch, load the pipeline, place it, generate, write the mp4."""
     device = resolve_device(args.device, prompts=args.prompts is not None)
-    resolution = check_before_loading(args, device)
+    check_before_loading(args, device)
     lazy = args.memory_mode == "lazy_experts"
-    extra = {"use_relighting_lora": True} if args.use_relighting_lora else {}
-    if args.turbo_quantized is not None:
-        extra.update(quantized=args.turbo_quantized, components=args.components, sla_topk=args.sla_topk)
     pipe = load_task_pipeline(args.model, args.task, args.image is not None, DTYPES[args.dtype], lazy_experts=lazy,
-                              **extra)
+                              **loader_options(args))
     if is_tiny(args.model) and not args.no_memory_check:  # its sizes come from the built (tiny) modules
         check_cli_memory(args, accelerator_bytes(device), device.type == "cpu", spec=spec_from_pipeline(pipe))
     set_scheduler(pipe, args.sample_solver, args.sample_shift)
     load_loras(pipe, args.loras)
     place_pipeline(pipe, args, device)
     generator = torch.Generator(device="cpu").manual_seed(args.base_seed)
-    if args.task == "s2v-14B":
-        return generate_s2v(pipe, args, generator, resolution)
-    if args.task == "animate-14B":
-        return generate_animate(pipe, args, generator)
-    kwargs = call_kwargs(args, resolution)
-    if args.prompts is not None:
+    call = pipeline_call(args.task, args, generator)
+    if args.prompts is not None:  # text-to-video per prompt line, each with its own seed
         return generate_prompts(pipe, args.prompts, args.output_dir, args.base_seed,
-                                negative_prompt=args.negative_prompt, **kwargs)
-    out = pipe(prompt=args.prompt, negative_prompt=args.negative_prompt, generator=generator, **kwargs)
-    report_steps(out.experts, out.timesteps, moe=pipe.is_moe)
-    print(f"Wrote {save_video(out.frames[0], args.output, fps=pipe.variant_defaults.fps)}")
-    return 0
-
-
-def call_kwargs(args, resolution: tuple[int, int] | None) -> dict:
-    """The pipeline call arguments of the text/image tasks; an image task gets the resolution chosen from its
-    image and the ``--size`` area (`validate.image_resolution`)."""
-    guide = args.sample_guide_scale
-    kwargs = dict(num_frames=args.frame_num, num_inference_steps=args.sample_steps, expert_steps=args.expert_steps)
-    if guide:
-        kwargs["guidance_scale"], kwargs["guidance_scale_2"] = guide[0], guide[-1]
-    width, height = resolution or args.size or (None, None)
-    if args.image is not None:
-        kwargs["image"] = Image.open(args.image)
-    return dict(kwargs, height=height, width=width)
-
-
-def generate_s2v(pipe, args, generator, resolution: tuple[int, int]) -> int:
-    """Speech-to-video at the resolution chosen from the reference image and the ``--size`` area."""
-    guide = args.sample_guide_scale
-    out = pipe(Image.open(args.image), str(args.audio), prompt=args.prompt, negative_prompt=args.negative_prompt,
-               width=resolution[0], height=resolution[1], num_clips=args.num_clip, infer_frames=args.infer_frames,
-               num_inference_steps=args.sample_steps, guidance_scale=guide[0] if guide else None, generator=generator,
-               pose_video=None if args.pose_video is None else str(args.pose_video))
-    path = save_video(out.frames[0], args.output, fps=out.fps, audio=out.audio, sampling_rate=out.sampling_rate)
-    print(f"Wrote {path} ({out.num_clips} clips, {out.frames.shape[1]} frames, audio muxed)")
-    return 0
-
-
-def generate_animate(pipe, args, generator) -> int:
-    """Animate-14B from the official preprocessing folder (official flags: ``--replace_flag``, ``--refert_num``,
-    ``--frame_num`` = frames per clip); the video takes the pose video's size and length."""
-    guide = args.sample_guide_scale
-    out = pipe(**source_folder_files(args.src_root_path, args.replace_flag),
-               mode="replace" if args.replace_flag else "animate", prompt=args.prompt,
-               negative_prompt=args.negative_prompt, segment_frame_length=args.frame_num,
-               prev_segment_conditioning_frames=args.refert_num or 1, num_inference_steps=args.sample_steps,
-               guidance_scale=guide[0] if guide else None, generator=generator)
-    path = save_video(out.frames[0], args.output, fps=out.fps)
-    print(f"Wrote {path} ({out.num_clips} clips, {len(out.frames[0])} frames)")
+                                **{k: v for k, v in call.items() if k not in ("prompt", "generator")})
+    out = pipe(**call)
+    fps = getattr(out, "fps", None) or pipe.variant_defaults.fps
+    path = save_video(out.frames[0], args.output, fps=fps, audio=getattr(out, "audio", None),
+                      sampling_rate=getattr(out, "sampling_rate", 16000))
+    if args.task in ("s2v-14B", "animate-14B"):
+        audio = ", audio muxed" if args.task == "s2v-14B" else ""
+        print(f"Wrote {path} ({out.num_clips} clips, {len(out.frames[0])} frames{audio})")
+    else:
+        report_steps(out.experts, out.timesteps, moe=pipe.is_moe)
+        print(f"Wrote {path}")
     return 0
 
 

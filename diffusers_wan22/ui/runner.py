@@ -17,6 +17,7 @@ import torch
 
 from ..loaders.conversion import DTYPES
 from ..pipelines import load_pipeline
+from ..pipelines.generate_args import loader_options
 from ..utils.video import save_video
 from .charts import expert_name
 from .planning import Schedule, scheduler_for
@@ -97,15 +98,6 @@ class Job:
         moe = self.schedule.boundary is not None
         counts = {expert: self.ran.count(expert) for expert in dict.fromkeys(self.ran)}
         return ", ".join(f"{n} step{'s' if n != 1 else ''} {expert_name(e, moe)}" for e, n in counts.items())
-
-
-def loader_options(args) -> dict:
-    """What the loader takes besides the folder, as `wan22 generate` passes it: Animate's relighting LoRA, the
-    TurboWan2.2 experts' files and SLA setting (``args.turbo_quantized`` is resolved by the command line's checks)."""
-    options = {"use_relighting_lora": True} if getattr(args, "use_relighting_lora", False) else {}
-    if getattr(args, "turbo_quantized", None) is not None:
-        options.update(quantized=args.turbo_quantized, components=args.components, sla_topk=args.sla_topk)
-    return options
 
 
 class Runner:

@@ -10,66 +10,15 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Callable
 
-import torch
-from PIL import Image
-
-from ..core.animate import source_folder_files
 from ..core.variants import VARIANTS, VariantDefaults
 from ..pipelines import Wan22AnimatePipeline, Wan22ImageToVideoPipeline, Wan22Pipeline, Wan22SpeechToVideoPipeline
+from ..pipelines.generate_args import animate_call, speech_call, video_call
 from ..pipelines.turbo import TURBO_STEPS
 
 # How a tab uses an image: not at all, optionally (TI2V: text or image mode) or always.
 NO_IMAGE, OPTIONAL_IMAGE, REQUIRED_IMAGE = "none", "optional", "required"
 # What `wan22 ui` calls the task of a TurboWan2.2 folder (`wan22 generate` sees an i2v-A14B model with Turbo experts).
 TURBO_TASK = "turbo-i2v-A14B"
-
-
-def video_call(args, generator: torch.Generator) -> dict:
-    """Keyword arguments of `Wan22Pipeline` / `Wan22ImageToVideoPipeline` for a parsed `wan22 generate` command.
-
-    As on the command line, ``--size`` is the exact size of a text-to-video call and the area budget of an
-    image-conditioned one (the shape then follows the image, by the official rules).
-    """
-    guide = args.sample_guide_scale or []
-    kwargs = dict(prompt=args.prompt, negative_prompt=args.negative_prompt, num_frames=args.frame_num,
-                  num_inference_steps=args.sample_steps, expert_steps=args.expert_steps, generator=generator)
-    if guide:
-        kwargs.update(guidance_scale=guide[0], guidance_scale_2=guide[-1])
-    width, height = args.size
-    if args.image is None:
-        return dict(kwargs, height=height, width=width)
-    return dict(kwargs, image=Image.open(args.image), max_area=width * height)
-
-
-def speech_call(args, generator: torch.Generator) -> dict:
-    """Keyword arguments of `Wan22SpeechToVideoPipeline` for a parsed `wan22 generate --task s2v-14B` command."""
-    guide = args.sample_guide_scale or []
-    width, height = args.size
-    return dict(image=Image.open(args.image), audio=str(args.audio), prompt=args.prompt,
-                negative_prompt=args.negative_prompt, max_area=width * height, num_clips=args.num_clip,
-                infer_frames=args.infer_frames, num_inference_steps=args.sample_steps,
-                guidance_scale=guide[0] if guide else None, generator=generator,
-                pose_video=None if args.pose_video is None else str(args.pose_video))
-
-
-def turbo_call(args, generator: torch.Generator) -> dict:
-    """Keyword arguments of `Wan22ImageToVideoPipeline` on TurboWan2.2 experts for a parsed `wan22 generate`
-    command: the size the command line chose (`validate.image_resolution`: TurboDiffusion's 720p table entry, or
-    its area rule within ``--size``), no guidance (the rCM students run one expert call per step)."""
-    width, height = args.resolution
-    return dict(image=Image.open(args.image), prompt=args.prompt, num_frames=args.frame_num,
-                num_inference_steps=args.sample_steps, height=height, width=width, generator=generator)
-
-
-def animate_call(args, generator: torch.Generator) -> dict:
-    """Keyword arguments of `Wan22AnimatePipeline` for a parsed `wan22 generate` command of an Animate folder (the
-    official flags: ``--src_root_path``, ``--replace_flag``, ``--refert_num``, ``--frame_num`` per clip)."""
-    guide = args.sample_guide_scale or []
-    return dict(**source_folder_files(args.src_root_path, args.replace_flag),
-                mode="replace" if args.replace_flag else "animate", prompt=args.prompt,
-                negative_prompt=args.negative_prompt, segment_frame_length=args.frame_num,
-                prev_segment_conditioning_frames=args.refert_num or 1, num_inference_steps=args.sample_steps,
-                guidance_scale=guide[0] if guide else None, generator=generator)
 
 
 @dataclass(frozen=True)
@@ -146,7 +95,7 @@ TASK_TABS: tuple[TaskTab, ...] = (
             call=speech_call),
     TaskTab("turbo", "Turbo image to video (TurboWan2.2-I2V-A14B)", "i2v-A14B", Wan22ImageToVideoPipeline,
             Wan22ImageToVideoPipeline, REQUIRED_IMAGE, audio=False, pose=False, clips=False, serves=(TURBO_TASK,),
-            call=turbo_call, sampler="rcm", tiny=False),
+            call=video_call, sampler="rcm", tiny=False),
     TaskTab("animate", "Character animation (Animate-14B)", "animate-14B", Wan22AnimatePipeline,
             Wan22AnimatePipeline, NO_IMAGE, audio=False, pose=False, clips=True, serves=("animate-14B",),
             call=animate_call, sampler="animate", tiny=False),
