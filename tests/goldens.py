@@ -12,6 +12,13 @@ import os
 from pathlib import Path
 
 import torch
+from safetensors.torch import load_file
+
+
+def load_golden(fixture: str | os.PathLike) -> tuple[dict, dict[str, torch.Tensor]]:
+    """A fixture's golden outputs: (``golden.json``'s ``meta``, the tensors of ``golden.safetensors``)."""
+    fixture = Path(fixture)
+    return json.loads((fixture / "golden.json").read_text())["meta"], load_file(fixture / "golden.safetensors")
 
 
 def replay_official_run(pipe, fixture: str | os.PathLike, run: str = "run_unipc", output_type: str = "latent"):
@@ -20,8 +27,6 @@ def replay_official_run(pipe, fixture: str | os.PathLike, run: str = "run_unipc"
     Returns the pipeline output (final latents for ``output_type="latent"``). The official guidance pair is
     (low-noise, high-noise); ours is ``guidance_scale`` (high) and ``guidance_scale_2`` (low).
     """
-    from safetensors.torch import load_file
-
     fixture = Path(fixture)
     kwargs = json.loads((fixture / "golden.json").read_text())["meta"]["runs"][run]["generate_kwargs"]
     noise = load_file(fixture / "golden.safetensors")[f"{run}/noise"]

@@ -31,6 +31,7 @@ from diffusers_wan22.loaders.animate import (
 )
 from diffusers_wan22.pipelines.pipeline_wan22_animate import plan_clips, reference_image_features
 from diffusers_wan22.utils.animate_inputs import check_clip_settings, load_animate_inputs, read_video, unit_range
+from goldens import load_golden
 
 FIXTURE = OFFICIAL / "animate_14b"
 RUNS = ("run_animate_unipc", "run_replace_lora_unipc", "run_animate_cfg2_dpmpp")
@@ -39,8 +40,7 @@ VIDEO_REL = 2e-3
 
 @pytest.fixture(scope="module")
 def golden():
-    meta = json.loads((FIXTURE / "golden.json").read_text())["meta"]
-    return meta, load_file(FIXTURE / "golden.safetensors")
+    return load_golden(FIXTURE)
 
 
 @pytest.fixture(scope="module")

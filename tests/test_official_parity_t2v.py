@@ -14,6 +14,7 @@ from safetensors.torch import load_file
 
 from conftest import OFFICIAL, assert_close_rel
 from diffusers_wan22 import Wan22Pipeline
+from goldens import load_golden
 
 FIXTURE = OFFICIAL / "t2v_a14b"
 
@@ -25,8 +26,7 @@ def official_pipe():
 
 @pytest.fixture(scope="module")
 def golden():
-    meta = json.loads((FIXTURE / "golden.json").read_text())["meta"]
-    return meta, load_file(FIXTURE / "golden.safetensors")
+    return load_golden(FIXTURE)
 
 
 def _run(pipe, kwargs: dict, noise: torch.Tensor, solver: str, output_type: str):

@@ -15,7 +15,6 @@ import pytest
 import torch
 from diffusers import DiffusionPipeline, DPMSolverMultistepScheduler
 from PIL import Image
-from safetensors.torch import load_file
 
 from conftest import OFFICIAL, assert_close_rel
 from diffusers_wan22 import (
@@ -27,6 +26,7 @@ from diffusers_wan22 import (
     save_video,
 )
 from diffusers_wan22.utils.audio import bucket_features, resample_features, wav2vec2_features
+from goldens import load_golden
 
 FIXTURE = OFFICIAL / "s2v_14b"
 PROMPT = "A woman is singing."
@@ -34,8 +34,7 @@ PROMPT = "A woman is singing."
 
 @pytest.fixture(scope="module")
 def golden():
-    meta = json.loads((FIXTURE / "golden.json").read_text())["meta"]
-    return meta, load_file(FIXTURE / "golden.safetensors")
+    return load_golden(FIXTURE)
 
 
 @pytest.fixture(scope="module")
