@@ -31,7 +31,10 @@ BLOCK_Q = 128  # TurboDiffusion's SLA query block (BLKQ) for the Wan experts
 BLOCK_K = 64  # key block (BLKK)
 SLA_KERNELS = ("auto", "reference", "triton")
 # Upper bound on the gathered key/value elements per chunk of (batch x head) rows in the reference sparse branch.
-_GATHER_BUDGET = 1 << 25
+# Small enough (16 MB of float32 keys) that a chunk's gathered keys and values are still in cache when attention
+# reads them: on a 2-core CPU 1 << 22 made the sparse branch 1.7x faster than 1 << 25 at 8k-16k tokens, with
+# identical results (the chunking changes no arithmetic: each query block's attention is computed whole).
+_GATHER_BUDGET = 1 << 22
 
 
 def sla_key_blocks(num_tokens: int, topk: float, block_k: int = BLOCK_K) -> int:
