@@ -16,7 +16,18 @@ import pytest
 from diffusers_wan22.cli import main
 
 ROOT = Path(__file__).resolve().parent.parent
-EXAMPLES = sorted((ROOT / "examples").glob("*.py"))
+FIXTURES = ROOT / "tests" / "fixtures"
+# Examples of models without a tiny version run on the official-format fixtures instead (small sizes, CPU).
+FOLDER_EXAMPLES = {
+    "turbo.py": ["--model", str(FIXTURES / "turbo" / "components"), "--components",
+                 str(FIXTURES / "official" / "i2v_a14b"),
+                 "--image", str(FIXTURES / "turbo" / "fp32_sla_ode" / "image.png"),
+                 "--size", "304*256", "--frame_num", "5", "--sample_solver", "ode", "--prompt", "A cat surfing."],
+    "animate.py": ["--model", str(FIXTURES / "official" / "animate_14b"), "--src_root_path",
+                   str(FIXTURES / "official" / "animate_14b" / "inputs" / "animate"), "--frame_num", "5",
+                   "--sample_steps", "2"],
+}
+EXAMPLES = sorted(p for p in (ROOT / "examples").glob("*.py") if p.name not in FOLDER_EXAMPLES)
 
 
 def _run(args: list[str], cwd: Path, timeout: int = 240) -> subprocess.CompletedProcess:
@@ -183,6 +194,25 @@ def test_every_example_runs_on_the_tiny_model(example, tmp_path, monkeypatch):
     frames, _, _ = read_video(out)
     assert frames >= 1
     assert [p.name for p in tmp_path.iterdir()] == ["out.mp4"]  # no temporary folder or file left behind
+
+
+@pytest.mark.parametrize("name", sorted(FOLDER_EXAMPLES))
+def test_folder_examples_run_on_the_fixtures(name, tmp_path, monkeypatch, capsys):
+    """examples/turbo.py and examples/animate.py (no tiny model) on the official-format fixtures: the same video as
+    `wan22 generate` with the same flags."""
+    import runpy
+
+    import numpy as np
+
+    monkeypatch.chdir(tmp_path)
+    flags = [*FOLDER_EXAMPLES[name], "--base_seed", "3"]
+    monkeypatch.setattr(sys, "argv", [name, *flags, "--output", "example.mp4"])
+    runpy.run_path(str(ROOT / "examples" / name), run_name="__main__")
+    assert main(["generate", *flags, "--dtype", "fp32", "--device", "cpu", "--output", "cli.mp4"]) == 0
+    example, cli = (np.stack(imageio.mimread(tmp_path / f)) for f in ("example.mp4", "cli.mp4"))
+    assert example.shape[0] == 5 if name == "turbo.py" else example.shape[0] >= 5
+    assert np.array_equal(example, cli)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["cli.mp4", "example.mp4"]
 
 
 def test_t5_cpu_and_memory_flags_give_the_same_video(tmp_path, monkeypatch):
