@@ -47,6 +47,13 @@ def reset_stateful_cache(model: torch.nn.Module) -> None:
     model._reset_stateful_cache()
 
 
+def processor_supports_context_parallel(processor) -> bool:
+    """Whether diffusers' context parallelism reaches an attention processor: diffusers 0.42.1
+    `ModelMixin.enable_parallelism` hands its config only to processors with a ``_parallel_config`` attribute (those
+    dispatching through its attention dispatcher); others are skipped without a word."""
+    return hasattr(processor, "_parallel_config")
+
+
 def parallel_config(model: torch.nn.Module):
     """The context-parallel config diffusers attached to ``model`` (``None`` when parallelism is off).
 

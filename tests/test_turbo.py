@@ -589,3 +589,29 @@ def test_turbo_conversion_casts_all_but_int8_weights_and_block_scales():
 def test_cli_turbo_usage_errors(capsys, args, message):
     code, err = _cli(args, capsys)
     assert code == 2 and message in err and err.count("\n") == 1, err
+
+
+def test_context_parallelism_is_refused_with_sla_attention():
+    """diffusers' context parallelism splits the sequence through its attention dispatcher only: SLA's processor
+    would attend over one rank's slice, so `enable_parallelism` refuses it before anything is set up."""
+    meta, _ = golden("fp32_sla_ode")
+    pipe = turbo_pipeline(meta)
+    with pytest.raises(ValueError, match=r"\['SLAAttnProcessor'\] do not support diffusers' context parallelism"):
+        pipe.enable_parallelism(ulysses_degree=2)
+
+
+def test_cli_convert_casts_the_experts_only(tmp_path, capsys):
+    """`--dtype fp32` casts the experts' floating tensors; umT5 stays bf16 as shipped and the VAE is stored in bf16
+    (how TurboDiffusion runs them)."""
+    code, err = _cli(["convert", str(TURBO_DIR), str(tmp_path / "fp32"), "--components", str(COMPONENTS_DIR),
+                      "--dtype", "fp32"], capsys)
+    assert code == 0, err
+
+    def dtypes(component):
+        found = set()
+        for path in (tmp_path / "fp32" / component).glob("*.safetensors"):
+            with safe_open(path, "pt") as f:
+                found |= {f.get_slice(k).get_dtype() for k in f.keys()}
+        return found
+
+    assert dtypes("transformer") == {"F32"} and dtypes("text_encoder") == {"BF16"} and dtypes("vae") == {"BF16"}

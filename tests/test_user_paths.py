@@ -309,7 +309,7 @@ def test_memory_check_counts_parameters_like_diffusers():
     from accelerate import init_empty_weights
     from diffusers import WanTransformer3DModel
 
-    from diffusers_wan22.commands.memory_check import dit_parameter_counts
+    from diffusers_wan22.core.model_specs import dit_parameter_counts
 
     configs = [dict(dim=5120, ffn_dim=13824, num_layers=40, heads=40, ch=(16, 16)),
                dict(dim=5120, ffn_dim=13824, num_layers=40, heads=40, ch=(36, 16)),

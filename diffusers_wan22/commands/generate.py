@@ -15,6 +15,7 @@ from accelerate import PartialState
 from diffusers import DPMSolverMultistepScheduler, UniPCMultistepScheduler
 
 from ..core.variants import get_variant
+from ..loaders.file_io import DTYPES
 from ..pipelines import (
     Wan22AnimatePipeline,
     Wan22ImageToVideoPipeline,
@@ -29,9 +30,7 @@ from ..utils.memory_specs import spec_from_pipeline
 from ..utils.video import save_video
 from .demo import report_steps
 from .errors import CliError
-from .validate import check_cli_memory, is_tiny, read_prompts
-
-DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
+from .validate import check_cli_memory, is_tiny
 
 
 def pipeline_class(task: str, with_image: bool):
@@ -161,7 +160,7 @@ def run(args) -> int:
     generator = torch.Generator(device="cpu").manual_seed(args.base_seed)
     call = pipeline_call(args.task, args, generator)
     if args.prompts is not None:  # text-to-video per prompt line, each with its own seed
-        return generate_prompts(pipe, args.prompts, args.output_dir, args.base_seed,
+        return generate_prompts(pipe, args.prompt_list, args.output_dir, args.base_seed,
                                 **{k: v for k, v in call.items() if k not in ("prompt", "generator")})
     out = pipe(**call)
     fps = getattr(out, "fps", None) or pipe.variant_defaults.fps
@@ -185,14 +184,13 @@ def _partial_state():
     return PartialState(cpu=cpu)
 
 
-def generate_prompts(pipe, prompts_file, output_dir, base_seed: int, **call_kwargs) -> int:
-    """Generate the prompts of ``prompts_file`` split across the `accelerate` processes (one process without
-    `accelerate launch`).
+def generate_prompts(pipe, prompts: list[str], output_dir, base_seed: int, **call_kwargs) -> int:
+    """Generate ``prompts`` (the lines of ``--prompts``, read by the checks) split across the `accelerate`
+    processes (one process without `accelerate launch`).
 
     Prompt ``i`` is generated with seed ``base_seed + i`` and written to ``<output_dir>/<i>.mp4`` by the process that
     owns it, so every video is the same whatever the number of processes.
     """
-    prompts = read_prompts(prompts_file)
     state = _partial_state()
     with state.split_between_processes(list(enumerate(prompts))) as mine:
         for index, prompt in mine:

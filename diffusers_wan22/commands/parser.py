@@ -19,9 +19,9 @@ from .. import __version__
 from ..core.memory_planner import POLICY_BYTES
 from ..core.names import DTYPE_NAMES, MEMORY_MODES, PRECISION_SCOPES, RCM_SAMPLERS, SOLVERS
 from ..core.variants import VARIANTS
+from .errors import EXIT_USAGE
 
 TASKS = list(VARIANTS)
-EXIT_USAGE = 2
 PLAN_MODELS = ("t2v-A14B", "i2v-A14B", "ti2v-5B", "s2v-14B", "animate-14B")
 
 EPILOG = """examples:

@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 from ..core.memory_planner import GB, best_mode, plan_table, precision_fit_table
+from ..core.model_specs import folder_spec, variant_spec
 from .errors import CliError
-from .memory_check import folder_spec, variant_spec
 
 
 def plan_spec(model: str, task: str):

@@ -7,14 +7,13 @@ import contextlib
 import io
 import sys
 
-import torch
-
 from ..ui import build_app, launch
 from ..ui.form import UsageError
 from ..ui.tasks import TURBO_TASK
 from .errors import CliError
+from .generate import resolve_device
 from .parser import build_parser
-from .validate import check_host, resolve_task, saved_turbo_folder, validate_generate
+from .validate import check_host, resolve_task, validate_generate
 
 
 def parse_generate(argv: list[str]) -> argparse.Namespace:
@@ -49,9 +48,9 @@ def run(args) -> int:
     if warning:
         sys.stderr.write(warning + "\n")
     folder_task = None if args.model == "tiny" else resolve_task(args.model, None)
-    if args.turbo_quantized is not None or saved_turbo_folder(args.model):
+    if args.turbo:
         folder_task = TURBO_TASK  # TurboWan2.2 experts: the Turbo tab, not the official I2V one
-    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    device = resolve_device(args.device, prompts=False)  # refused in one line, as `wan22 generate` refuses it
     try:
         app = build_app(args.model, folder_task, parse_generate, args.output_dir, device, turbo_model_flags(args))
     except ModuleNotFoundError as e:

@@ -30,9 +30,10 @@ from ..core.image_sizes import (
     turbo_adaptive_size,
     turbo_fixed_size,
 )
-from ..core.memory_planner import SPECS
+from ..core.model_specs import folder_spec, variant_spec
 from ..core.names import (
     EXPERT_CHOICES,
+    MAX_INFERENCE_STEPS,
     MODEL_INDEX,
     RCM_SAMPLERS,
     SOLVERS,
@@ -45,7 +46,7 @@ from ..core.names import (
 from ..core.variants import VARIANTS, get_variant
 from .errors import CliError
 from .media import check_audio_file, check_safetensors_file, check_video_file, image_size
-from .memory_check import check_memory, folder_spec
+from .memory_check import check_memory
 
 __all__ = ["CliError", "check_animate_inputs", "check_device", "check_frame_num", "check_guide_scale", "check_output", "check_seed",
            "check_shift", "check_size", "check_task_inputs", "parse_lora", "read_prompts", "resolve_task",
@@ -53,7 +54,6 @@ __all__ = ["CliError", "check_animate_inputs", "check_device", "check_frame_num"
 
 MOE_TASKS = ("t2v-A14B", "i2v-A14B")
 IMAGE_TASKS = ("i2v-A14B", "s2v-14B")  # need --image (ti2v-5B takes it optionally)
-MAX_STEPS = 1000
 MAX_SEED = 2**64 - 1
 DEVICE_PATTERN = re.compile(r"(cpu|mps|(cuda|xpu|npu|hpu)(:\d+)?)")
 DEFAULT_OUTPUT_DIR = "wan22_outputs"
@@ -156,8 +156,8 @@ def check_seed(seed: int) -> int:
 
 
 def check_steps(sample_steps: int | None, expert_steps, task: str) -> None:
-    if sample_steps is not None and sample_steps > MAX_STEPS:
-        raise CliError("--sample_steps", f"--sample_steps must be 1..{MAX_STEPS}; got {sample_steps}")
+    if sample_steps is not None and sample_steps > MAX_INFERENCE_STEPS:
+        raise CliError("--sample_steps", f"--sample_steps must be 1..{MAX_INFERENCE_STEPS}; got {sample_steps}")
     if expert_steps is None:
         return
     if task not in MOE_TASKS or min(expert_steps) < 0 or sum(expert_steps) == 0:
@@ -327,13 +327,19 @@ def check_turbo_sources(model: str, components) -> None:
         raise CliError(flag, f"{flag} {str(root)!r} has no {', '.join(missing)}{hint}")
 
 
+def turbo_only_flags_given(args: argparse.Namespace) -> list[str]:
+    """The Turbo-only flags set on the command line (``--components``, ``--quant_linear``, ``--sla_topk``)."""
+    return [f"--{name}" for name in TURBO_ONLY if getattr(args, name) not in (None, False)]
+
+
 def check_turbo_flags(args: argparse.Namespace) -> None:
     """TurboWan2.2 folders sample with the rCM sampler (1-4 steps, no shift, no step split); the Turbo-only flags
-    are refused elsewhere. Resolves ``args.turbo_quantized`` (``None``: not a published Turbo folder)."""
+    are refused elsewhere. Resolves ``args.turbo_quantized`` (``None``: not a published Turbo folder) and
+    ``args.turbo`` (Turbo experts, published or converted)."""
     args.turbo_quantized = turbo_quantized(args.model, args.quant_linear)
-    turbo = args.turbo_quantized is not None or saved_turbo_folder(args.model)
-    if not turbo:
-        given = [f"--{name}" for name in TURBO_ONLY if getattr(args, name) not in (None, False)]
+    args.turbo = args.turbo_quantized is not None or saved_turbo_folder(args.model)
+    if not args.turbo:
+        given = turbo_only_flags_given(args)
         if given:
             raise CliError(given[0], f"{given[0]} applies to TurboWan2.2 folders only")
         if args.sample_solver in RCM_SAMPLERS:
@@ -352,7 +358,7 @@ def check_turbo_flags(args: argparse.Namespace) -> None:
         raise CliError("--sample_steps", f"--sample_steps must be 1..{TURBO_MAX_STEPS} for TurboWan2.2 experts; got "
                                          f"{args.sample_steps}")
     if args.turbo_quantized is None:  # a converted folder keeps what it was converted with
-        given = [f"--{name}" for name in TURBO_ONLY if getattr(args, name) not in (None, False)]
+        given = turbo_only_flags_given(args)
         if given:
             raise CliError(given[0], f"{given[0]}: {args.model} is a converted Turbo folder; it keeps the experts and "
                                      "SLA setting `wan22 convert` gave it")
@@ -413,7 +419,7 @@ def validate_generate(args: argparse.Namespace, require_inputs: bool = True) -> 
         raise CliError("--prompt", "--prompt TEXT (or --prompts FILE) is required")
     if args.prompt is not None and not args.prompt.strip():
         raise CliError("--prompt", "--prompt is empty")
-    prompts = read_prompts(args.prompts) if args.prompts is not None else None
+    prompts = args.prompt_list = read_prompts(args.prompts) if args.prompts is not None else None
     if prompts is not None and args.image is not None:
         raise CliError("--image", "--prompts runs text-to-video; drop --image")
     check_turbo_flags(args)
@@ -424,8 +430,7 @@ def validate_generate(args: argparse.Namespace, require_inputs: bool = True) -> 
         check_task_inputs(task, args.image, args.audio, args.pose_video, args.num_clip, args.infer_frames,
                           args.prompts, require_inputs)
     check_size(args.size, task, args.image is not None)
-    turbo = args.turbo_quantized is not None or saved_turbo_folder(args.model)
-    args.resolution = image_resolution(task, args.image, args.size, turbo) if args.image is not None else None
+    args.resolution = image_resolution(task, args.image, args.size, args.turbo) if args.image is not None else None
     check_frame_num(args.frame_num, task)
     check_steps(args.sample_steps, args.expert_steps, task)
     check_shift(args.sample_shift)
@@ -510,7 +515,7 @@ def check_convert_source(args: argparse.Namespace) -> str:
     layout; resolves ``args.turbo_quantized``, ``None`` for official folders)."""
     args.turbo_quantized = turbo_quantized(str(args.src), args.quant_linear)
     if args.turbo_quantized is None:
-        given = [f"--{name}" for name in TURBO_ONLY if getattr(args, name) not in (None, False)]
+        given = turbo_only_flags_given(args)
         if given:
             raise CliError(given[0], f"{given[0]} applies to TurboWan2.2 folders only")
         try:
@@ -533,7 +538,7 @@ def validate_info(args: argparse.Namespace) -> None:
 
 def validate_plan(args: argparse.Namespace) -> None:
     name = args.model.lower()
-    if name in SPECS or name == "ti2v-5b":
+    if variant_spec(name) is not None:  # a variant name (or "a14b"), not a folder
         task = {"a14b": "t2v-A14B"}.get(name) or next(t for t in VARIANTS if t.lower() == name)
     else:
         task = resolve_task(args.model, None)
@@ -581,7 +586,7 @@ def validate_ui(args: argparse.Namespace) -> None:
                                sla_topk=args.sla_topk, sample_solver=None, sample_shift=None, expert_steps=None,
                                sample_steps=None, lora=[])
     check_turbo_flags(turbo)
-    args.turbo_quantized = turbo.turbo_quantized
+    args.turbo_quantized, args.turbo = turbo.turbo_quantized, turbo.turbo
     check_device(args.device)
 
 

@@ -45,6 +45,7 @@ DTYPE_NAMES = ("bf16", "fp16", "fp32")
 
 # ------------------------------------------------------------------------------------------ samplers
 SOLVERS = ("unipc", "dpm++")
+MAX_INFERENCE_STEPS = 1000  # the largest `num_inference_steps` / `--sample_steps` accepted (the training grid)
 RCM_SAMPLERS = ("sde", "ode")  # TurboDiffusion's rCM sampler (default SDE; ODE is its --ode)
 
 # ------------------------------------------------------------------------------------------ TurboDiffusion

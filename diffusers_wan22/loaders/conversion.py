@@ -68,7 +68,7 @@ from ..schedulers.official import official_scheduler
 from ..schedulers.scheduling_rcm import RCMScheduler
 from .animate import check_blur_kernels, check_official_animate_folder
 from .checks import check_official_folder, check_tensors_fit_model, read_official_dit_config
-from .file_io import SAFETENSORS_DTYPES, load_pth_weights_only, shard_files
+from .file_io import DTYPES, SAFETENSORS_DTYPES, load_pth_weights_only, shard_files
 from .official_models import load_official_audio_stack, official_transformer_kind, t5_config_from_official
 from .turbo import (
     TURBO_I2V_BOUNDARY,
@@ -78,7 +78,6 @@ from .turbo import (
     turbo_patch_shape,
 )
 
-DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
 LAYOUTS = ("wan22", "diffusers")
 
 
@@ -597,6 +596,22 @@ def _replace_dir(tmp: Path, dst: Path) -> None:
         shutil.rmtree(old, ignore_errors=True)
 
 
+def check_conversion_args(src: Path, dst: Path, dtype: str | None, max_shard_size: str | int,
+                          overwrite: bool) -> tuple[torch.dtype | None, int]:
+    """The arguments every conversion shares, checked before anything is read: (torch dtype or ``None``, shard
+    bytes)."""
+    if dtype is not None and dtype not in DTYPES:
+        raise ValueError(f"`dtype` must be one of {sorted(DTYPES)} or None (keep the source dtype); got {dtype!r}.")
+    max_shard = parse_size(max_shard_size)
+    if max_shard <= 0:
+        raise ValueError(f"`max_shard_size` must be positive; got {max_shard_size!r}.")
+    if dst.exists() and not overwrite:
+        raise FileExistsError(f"{dst} already exists; pass --overwrite to replace it.")
+    if dst.resolve() == src.resolve() or src.resolve() in dst.resolve().parents:
+        raise ValueError(f"Destination {dst} must not be inside the source folder {src}.")
+    return DTYPES.get(dtype) if dtype else None, max_shard
+
+
 def convert_checkpoint(
     src: str | os.PathLike,
     dst: str | os.PathLike,
@@ -624,24 +639,15 @@ def convert_checkpoint(
     start = time.perf_counter()
     if layout not in LAYOUTS:
         raise ValueError(f"`layout` must be one of {LAYOUTS}; got {layout!r}.")
-    if dtype is not None and dtype not in DTYPES:
-        raise ValueError(f"`dtype` must be one of {sorted(DTYPES)} or None (keep the source dtype); got {dtype!r}.")
-    max_shard = parse_size(max_shard_size)
-    if max_shard <= 0:
-        raise ValueError(f"`max_shard_size` must be positive; got {max_shard_size!r}.")
     detected = detect_official_variant(src)
     variant = detected if variant in (None, "auto") else variant
     if variant != detected:
         raise ValueError(f"{src} holds a {detected} checkpoint, not {variant}; pass --variant auto or {detected}.")
     if variant == "s2v-14B" and layout != "wan22":
         raise ValueError("S2V-14B has no stock diffusers pipeline; convert it with layout 'wan22'.")
-    if dst.exists() and not overwrite:
-        raise FileExistsError(f"{dst} already exists; pass --overwrite to replace it.")
-    if dst.resolve() == src.resolve() or src.resolve() in dst.resolve().parents:
-        raise ValueError(f"Destination {dst} must not be inside the source folder {src}.")
+    torch_dtype, max_shard = check_conversion_args(src, dst, dtype, max_shard_size, overwrite)
 
     reader = TensorReader()
-    torch_dtype = DTYPES.get(dtype) if dtype else None
     plans, index = plan_conversion(src, variant, layout, reader)  # every key is mapped before anything is written
     report = ConversionReport(variant, layout, dst)
     write_conversion(plans, dst, reader, torch_dtype, max_shard, report, verify, progress,
@@ -724,7 +730,8 @@ def plan_turbo_conversion(src: Path, components: Path | None, quantized: bool, s
     """The transformer (both Turbo experts, int8 weights and scales, SLA ``proj_l``), umT5 and the VAE of a Turbo
     folder, checked against their models before anything is written, and the pipeline's model_index.json."""
     files = turbo_component_files(src, quantized, components)
-    reader.casts[files["vae"]] = torch.bfloat16  # TurboDiffusion runs the Wan 2.1 VAE in bf16: store it so
+    reader.casts[files["vae"]] = torch.bfloat16  # TurboDiffusion runs the Wan 2.1 VAE in bf16: stored so
+    reader.casts[files["text_encoder"]] = torch.bfloat16  # umT5 stays bf16 as shipped, whatever `dtype` is
     refs = [r for expert, attr in EXPERT_ATTRS.items() for r in _mapped_refs(
         reader, [files[expert]], turbo_key_to_diffusers, prefix=f"{attr}.")
         if sla_topk is not None or ".processor.proj_l." not in r.out_key]
@@ -756,14 +763,8 @@ def convert_turbo_checkpoint(src: str | os.PathLike, dst: str | os.PathLike, qua
     `DiffusionPipeline.from_pretrained` (after ``import diffusers_wan22``)."""
     src, dst = Path(src), Path(dst)
     start = time.perf_counter()
-    if dtype is not None and dtype not in DTYPES:
-        raise ValueError(f"`dtype` must be one of {sorted(DTYPES)} or None (keep the source dtype); got {dtype!r}.")
-    max_shard = parse_size(max_shard_size)
-    if dst.exists() and not overwrite:
-        raise FileExistsError(f"{dst} already exists; pass --overwrite to replace it.")
-    if dst.resolve() == src.resolve() or src.resolve() in dst.resolve().parents:
-        raise ValueError(f"Destination {dst} must not be inside the source folder {src}.")
-    reader = TurboTensorReader(DTYPES.get(dtype) if dtype else None)
+    torch_dtype, max_shard = check_conversion_args(src, dst, dtype, max_shard_size, overwrite)
+    reader = TurboTensorReader(torch_dtype)
     plans, index = plan_turbo_conversion(src, None if components is None else Path(components), quantized, sla_topk,
                                          reader)
     report = ConversionReport("TurboWan2.2-I2V-A14B" + (" W8A8" if quantized else ""), "wan22", dst)

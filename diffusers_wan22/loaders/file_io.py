@@ -104,6 +104,8 @@ def load_pth_weights_only(path: str | os.PathLike) -> dict:
 
 
 # safetensors header dtype names -> torch dtypes (the converter writes headers with the inverse).
+# `--dtype` / `DTYPE_NAMES` -> torch dtype (the command line, the web page and `wan22 convert`).
+DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
 SAFETENSORS_DTYPES = {
     "F64": torch.float64, "F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16,
     "I64": torch.int64, "I32": torch.int32, "I16": torch.int16, "I8": torch.int8, "U8": torch.uint8,

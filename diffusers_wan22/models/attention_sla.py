@@ -22,6 +22,7 @@ On CUDA, when thu-ml's `sparse_linear_attention` package is installed, its Trito
 
 from __future__ import annotations
 
+import functools
 import math
 
 import torch
@@ -168,6 +169,7 @@ def _use_triton(kernel: str, q: torch.Tensor) -> bool:
     return available
 
 
+@functools.cache  # one import attempt per process, not one per block and step
 def _sla_kernel():
     """thu-ml SLA's Triton forward (``sparse_linear_attention.kernel._attention``), or ``None`` if not installed.
 
@@ -239,12 +241,6 @@ class SLAAttnProcessor(torch.nn.Module):
                                       self.topk, self.block_q, self.block_k, self.kernel)
         out = out.transpose(1, 2).flatten(2, 3).type_as(query)
         return attn.to_out[1](attn.to_out[0](out))
-
-
-def sla_processors(transformer: torch.nn.Module) -> dict[str, SLAAttnProcessor]:
-    """The `SLAAttnProcessor` of every block's ``attn1`` by block index name (``"blocks.N.attn1"``)."""
-    return {f"blocks.{i}.attn1": b.attn1.processor for i, b in enumerate(transformer.blocks)
-            if isinstance(b.attn1.processor, SLAAttnProcessor)}
 
 
 def use_sla_attention(transformer: torch.nn.Module, topk: float = 0.1, block_q: int = BLOCK_Q,

@@ -13,6 +13,7 @@ import torch
 
 from ..core.machine import host_memory_bytes
 from ..core.memory_planner import GB, estimate_memory
+from ..core.names import MAX_INFERENCE_STEPS
 from ..utils.memory_specs import spec_from_pipeline
 
 OUTPUT_TYPES = ("np", "pil", "pt", "latent")
@@ -120,7 +121,7 @@ def check_common_inputs(pipe, *, prompt=None, negative_prompt=None, prompt_embed
     """The checks every pipeline shares: prompts, steps, guidance, batch, output type, callback tensor names."""
     check_prompts(prompt, negative_prompt, prompt_embeds, negative_prompt_embeds)
     check_scheduler_shift(getattr(pipe, "scheduler", None))  # stand-ins for a pipeline (the UI) may have none
-    check_int("num_inference_steps", num_inference_steps, 1, 1000)
+    check_int("num_inference_steps", num_inference_steps, 1, MAX_INFERENCE_STEPS)
     for name, value in zip(guidance_names, guidance):
         check_finite_number(name, value, 0.0)
     check_int("num_videos_per_prompt", num_videos_per_prompt, 1)

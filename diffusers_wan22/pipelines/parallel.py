@@ -34,7 +34,7 @@ import torch
 import torch.distributed as dist
 from diffusers import ContextParallelConfig
 
-from .._compat import accelerator_count_at_least_one, parallel_config
+from .._compat import accelerator_count_at_least_one, parallel_config, processor_supports_context_parallel
 from ..utils.distributed import cp_token_count, mesh_device_type
 
 __all__ = ["Wan22ParallelMixin"]
@@ -91,18 +91,7 @@ class Wan22ParallelMixin:
 
         models = self._parallel_models()
         for name, model in models:
-            if getattr(model, "_cp_plan", None) is None and "cp_plan" not in cp_kwargs:
-                raise ValueError(f"The {name} ({type(model).__name__}) has no diffusers `_cp_plan`; context "
-                                 "parallelism is not available for it.")
-            if parallel_config(model) is not None:
-                raise RuntimeError(f"Parallelism is already applied to the {name}.")
-            heads = model.config.num_attention_heads
-            if heads % ulysses_degree and not cp_kwargs.get("ulysses_anything"):
-                divisors = [d for d in range(1, heads + 1) if heads % d == 0]
-                raise ValueError(
-                    f"`ulysses_degree`={ulysses_degree} must divide the {name}'s {heads} attention heads "
-                    f"(each rank attends over heads/ulysses_degree heads); valid degrees: {divisors}."
-                )
+            _check_parallel_model(name, model, ulysses_degree, cp_kwargs)
 
         if not (dist.is_available() and dist.is_initialized()):
             raise RuntimeError(
@@ -154,4 +143,28 @@ class Wan22ParallelMixin:
             f"Context parallelism over {self._cp_degree} ranks needs a token count divisible by "
             f"{self._cp_degree}; height={height}, width={width}, num_frames={num_frames} give {f} latent frames x "
             f"{h} x {w} (H/{step} x W/{step}) = {tokens} tokens. Change the size{hint}."
+        )
+
+
+def _check_parallel_model(name: str, model: torch.nn.Module, ulysses_degree: int, cp_kwargs: dict) -> None:
+    """What `enable_parallelism` needs of one transformer, checked before anything is set up."""
+    if getattr(model, "_cp_plan", None) is None and "cp_plan" not in cp_kwargs:
+        raise ValueError(f"The {name} ({type(model).__name__}) has no diffusers `_cp_plan`; context "
+                         "parallelism is not available for it.")
+    if parallel_config(model) is not None:
+        raise RuntimeError(f"Parallelism is already applied to the {name}.")
+    # diffusers splits the sequence only through processors of its attention dispatcher; another processor
+    # (e.g. SLA's sparse attention) would silently attend over its rank's slice alone
+    foreign = sorted({type(m.processor).__name__ for m in model.modules()
+                      if getattr(m, "processor", None) is not None
+                      and not processor_supports_context_parallel(m.processor)})
+    if foreign:
+        raise ValueError(f"The {name}'s attention processor(s) {foreign} do not support diffusers' context "
+                         "parallelism (each rank would attend over its own slice of the sequence only).")
+    heads = model.config.num_attention_heads
+    if heads % ulysses_degree and not cp_kwargs.get("ulysses_anything"):
+        divisors = [d for d in range(1, heads + 1) if heads % d == 0]
+        raise ValueError(
+            f"`ulysses_degree`={ulysses_degree} must divide the {name}'s {heads} attention heads "
+            f"(each rank attends over heads/ulysses_degree heads); valid degrees: {divisors}."
         )

@@ -298,6 +298,8 @@ class Wan22BasePipeline(Wan22LoadingMixin, Wan22MemoryMixin, Wan22ParallelMixin,
         sigmas = self.scheduler.sigmas.tolist()  # one host copy; cache hooks read the sigma of each step
         step_kwargs = {"generator": generator} if "generator" in _step_parameters(self.scheduler) else {}
         token_mask = None
+        if condition is not None:  # fixed for the whole call: cast once, not every step
+            condition = condition.to(self.transformer_dtype)
         if first_frame_latents is not None:  # new tensors, never writing into the caller's `latents`
             latents = torch.cat([first_frame_latents.to(latents.dtype), latents[:, :, 1:]], dim=2)
             token_mask = self._first_frame_token_mask(latents)
@@ -309,7 +311,7 @@ class Wan22BasePipeline(Wan22LoadingMixin, Wan22MemoryMixin, Wan22ParallelMixin,
                 self._begin_step(i, t, experts, callback_on_expert_switch)
                 model_input = latents.to(self.transformer_dtype)
                 if condition is not None:
-                    model_input = torch.cat([model_input, condition.to(model_input.dtype)], dim=1)
+                    model_input = torch.cat([model_input, condition], dim=1)
                 batch = latents.shape[0]
                 timestep = t.expand(batch) if token_mask is None else (token_mask * t).unsqueeze(0).expand(batch, -1)
                 cache_kwargs = {"step_index": i, "sigma": sigmas[i], "num_inference_steps": len(timesteps)}

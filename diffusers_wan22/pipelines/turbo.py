@@ -22,14 +22,16 @@ from diffusers import AutoencoderKLWan
 from diffusers.utils.torch_utils import get_module_execution_device
 
 from ..core.image_sizes import closest_aspect_ratio, turbo_adaptive_size, turbo_fixed_size
+from ..core.names import TURBO_MAX_STEPS
 from ..loaders.turbo import load_turbo_components, turbo_expert_sources
 from ..models.attention_sla import check_sla_selects_blocks
 from ..models.transformer_wan_turbo import TurboWanMoETransformer3DModel
 from ..models.turbo_numerics import use_native_dtype_vae_norms
 from ..schedulers.scheduling_rcm import RCMScheduler
+from ..utils.distributed import cp_token_count
 from ..utils.turbo_image import pil_to_uint8, turbo_first_frame, turbo_resize_uint8
 
-TURBO_STEPS = 4  # TurboDiffusion's --num_steps default
+TURBO_STEPS = TURBO_MAX_STEPS  # TurboDiffusion's --num_steps default: the whole rCM grid
 TURBO_FRAMES = 81
 TURBO_RESOLUTION = "720p"  # the published experts are the 720P ones
 
@@ -152,8 +154,8 @@ class Wan22TurboMixin:
                              "`num_inference_steps` 1-4 and, if needed, `boundary_ratio`).")
         topk = self.transformer.config.sla_topk
         if topk is not None and all(isinstance(v, int) for v in (height, width, num_frames)):
-            stride = self.vae_scale_factor_spatial * self.transformer_config.patch_size[1]
-            tokens = (1 + (num_frames - 1) // self.vae_scale_factor_temporal) * (height // stride) * (width // stride)
+            tokens, _ = cp_token_count(num_frames, height, width, self.vae_scale_factor_temporal,
+                                       self.vae_scale_factor_spatial, tuple(self.transformer_config.patch_size))
             check_sla_selects_blocks(tokens, topk, self.transformer.config.sla_block_k)
 
     def initial_latents(self, batch: int, num_frames: int, height: int, width: int, generator, latents, device):

@@ -26,7 +26,7 @@ from diffusers.schedulers.scheduling_utils import SchedulerMixin
 from diffusers.utils import BaseOutput
 from diffusers.utils.torch_utils import randn_tensor
 
-RCM_SAMPLERS = ("sde", "ode")
+from ..core.names import RCM_SAMPLERS
 
 
 @dataclass

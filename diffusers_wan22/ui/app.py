@@ -16,8 +16,7 @@ from pathlib import Path
 from typing import Callable
 
 from ..core.memory_planner import POLICY_BYTES
-from ..core.names import DTYPE_NAMES, MEMORY_MODES, SOLVERS
-from ..schedulers.scheduling_rcm import RCM_SAMPLERS
+from ..core.names import DTYPE_NAMES, MEMORY_MODES, RCM_SAMPLERS, SOLVERS
 from .charts import expert_name, memory_chart, progress_strip, schedule_chart
 from .form import GENERAL, check_request, command_line, resolve_seed, shell_command
 from .planning import memory_plan, planner_spec, step_schedule

@@ -3,20 +3,18 @@ code, as the pipeline will), and the memory planner's prediction per memory mode
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
-from functools import lru_cache
 from pathlib import Path
 
 from diffusers import DPMSolverMultistepScheduler, UniPCMultistepScheduler
 
-from ..core.memory_planner import GB, SPECS, MemoryEstimate, ModelSpec, best_mode, estimate_all
-from ..core.names import MODEL_INDEX
+from ..core.memory_planner import GB, MemoryEstimate, ModelSpec, best_mode, estimate_all
+from ..core.model_specs import folder_spec, variant_spec
+from ..core.names import RCM_SAMPLERS
 from ..core.variants import boundary_timestep
 from ..schedulers.experts import expert_split_unshifted_sigmas, plan_experts
 from ..schedulers.official import official_scheduler, set_official_timesteps, solver_family
-from ..schedulers.scheduling_rcm import RCM_SAMPLERS, RCMScheduler
-from ..utils.memory_specs import spec_from_config
+from ..schedulers.scheduling_rcm import RCMScheduler
 from .tasks import TaskTab, is_tiny
 
 SOLVER_CLASSES = {"unipc": UniPCMultistepScheduler, "dpm++": DPMSolverMultistepScheduler}
@@ -73,20 +71,15 @@ class MemoryPlan:
 
 
 def planner_spec(tab: TaskTab, model: str) -> tuple[ModelSpec, str] | None:
-    """Sizes the planner uses for ``tab`` and where they come from: the saved folder's transformer config (counted
-    on ``meta``), else the real model of the task (``tiny`` plans for the real model: what a GPU run needs).
-    ``None`` when neither is known (the planner has no built-in sizes for the task)."""
-    config = Path(model) / "transformer" / "config.json"
-    if not is_tiny(model) and (Path(model) / MODEL_INDEX).exists() and config.exists():
-        return _saved_spec(str(config)), f"{Path(model).name} (its transformer config)"
-    spec = SPECS.get(tab.variant.lower())
+    """Sizes the planner uses for ``tab`` and where they come from: the model folder's config and weight files (as
+    `wan22 generate` checks a run), else the real model of the task (``tiny`` and TurboWan2.2 `.pth` folders plan
+    for the real model: what a GPU run needs). ``None`` when neither is known."""
+    if not is_tiny(model):
+        spec = folder_spec(model, tab.variant)
+        if spec is not None:
+            return spec, f"{Path(model).name} (its config and weight files)"
+    spec = variant_spec(tab.variant)
     return None if spec is None else (spec, f"the real {tab.variant}")
-
-
-@lru_cache(maxsize=4)
-def _saved_spec(config_path: str) -> ModelSpec:
-    cfg = json.loads(Path(config_path).read_text(encoding="utf-8"))
-    return spec_from_config(cfg, moe=cfg.get("_class_name", "").endswith("MoETransformer3DModel"))  # Turbo too
 
 
 def memory_plan(spec: ModelSpec, label: str, width: int, height: int, frames: int, dtype: str,

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import torch
 
-from ..loaders.conversion import DTYPES
+from ..loaders.file_io import DTYPES
 from ..pipelines import load_pipeline
 from ..pipelines.generate_args import loader_options
 from ..utils.video import save_video

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
-from typing import Sequence
 
 import imageio.v2 as imageio
 import numpy as np
@@ -222,8 +221,3 @@ def load_animate_inputs(image, pose_video, face_video, background_video=None, ma
     _check_frames(inputs, face_size, refert_num)
     inputs.reference = letterbox_resize(inputs.reference, *inputs.size)
     return inputs
-
-
-def select_frames(frames: np.ndarray | None, indices: Sequence[int]) -> np.ndarray | None:
-    """``frames[indices]`` (``None`` stays ``None``)."""
-    return None if frames is None else frames[np.asarray(indices)]
