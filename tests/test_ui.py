@@ -4,6 +4,7 @@ served beyond this machine only on request. (tests/test_ui_browser.py drives the
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import imageio.v2 as imageio
@@ -204,3 +205,26 @@ def test_a_remote_host_needs_the_flag_and_warns(capsys, tmp_path):
     # ... and the page warns when it starts
     assert "WARNING: serving on 0.0.0.0:7860" in check_host("0.0.0.0", 7860, allow_remote=True)
     assert check_host("127.0.0.1", 7860, allow_remote=False) is None
+
+
+def test_memory_plan_sizes_for_every_tab_and_folder(tmp_path):
+    """The page plans with the sizes the command line checks with (`core/model_specs`): the real model for tiny
+    tabs (TI2V-5B too), a model folder's own config and weight files, the real I2V-A14B for TurboWan2.2 `.pth`
+    experts; a saved Animate folder (a stock-incompatible transformer config) is read without building a model."""
+    from diffusers_wan22.core.model_specs import folder_spec, variant_spec
+    from diffusers_wan22.ui.planning import planner_spec
+
+    for tab in TASK_TABS:
+        spec, source = planner_spec(tab, "tiny")
+        assert spec == variant_spec(tab.variant) and source == f"the real {tab.variant}"
+    spec, source = planner_spec(TABS["animate"], str(ANIMATE))
+    assert spec == folder_spec(str(ANIMATE), "animate-14B") and "its config and weight files" in source
+    assert planner_spec(TABS["turbo"], str(TURBO))[0] == variant_spec("i2v-A14B")
+    saved = tmp_path / "animate"  # a saved folder's layout: model_index.json + transformer config with Animate keys
+    (saved / "transformer").mkdir(parents=True)
+    (saved / "model_index.json").write_text('{"_class_name": "Wan22AnimatePipeline"}')
+    config = {"_class_name": "WanAnimateTransformer3DModel", "num_attention_heads": 2, "attention_head_dim": 16,
+              "ffn_dim": 64, "num_layers": 2, "in_channels": 36, "out_channels": 16, "motion_encoder_size": 512}
+    (saved / "transformer" / "config.json").write_text(json.dumps(config))
+    spec, source = planner_spec(TABS["animate"], str(saved))
+    assert spec.num_layers == 2 and spec.dim == 32 and "its config and weight files" in source
