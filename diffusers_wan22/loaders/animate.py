@@ -46,13 +46,11 @@ from ..core.animate import (
 from ..core.names import T5_FILE, TOKENIZER_DIR, VAE_FILES
 from ..schedulers.official import official_scheduler
 from .checks import (
-    check_t5_state,
+    check_official_folder,
     check_tensors_fit_model,
-    check_tokenizer_folder,
-    check_vae_state,
     read_official_dit_config,
 )
-from .file_io import load_pth_weights_only, read_safetensors_folder, safetensors_shards, torch_load_error
+from .file_io import load_pth_weights_only, read_safetensors_folder, torch_load_error
 from .official_models import load_official_t5, load_official_tokenizer, load_official_vae
 
 
@@ -208,27 +206,15 @@ def load_relighting_lora(transformer, path: str | os.PathLike, adapter_name: str
 
 
 # ------------------------------------------------------------------------------------------------ whole folder
-def _require_file(path: Path, what: str) -> Path:
-    if not path.is_file():
-        raise FileNotFoundError(f"Missing {what}: {path}.")
-    return path
-
-
 def check_official_animate_folder(root: str | os.PathLike, use_relighting_lora: bool = False) -> None:
-    """Every file an official Animate folder needs is present and well-formed, before any weight is read."""
+    """Every file an official Animate folder needs is present and well-formed, before any weight is read: the
+    shared `check_official_folder` (DiT, tokenizer, T5, VAE, CLIP) and, when asked, the relighting LoRA."""
     root = Path(root)
-    if not root.is_dir():
-        raise FileNotFoundError(f"Checkpoint folder {str(root)!r} does not exist.")
-    read_official_dit_config(_require_file(root / "config.json", "Animate DiT config"))
-    safetensors_shards(root)
-    check_tokenizer_folder(root / TOKENIZER_DIR)
-    t5 = _require_file(root / T5_FILE, "T5 text encoder (umt5-xxl)")
-    check_t5_state(load_pth_weights_only(t5), t5)  # memory-mapped: only the index is read
-    vae = _require_file(root / VAE_FILES["2.1"], "Wan 2.1 VAE")
-    check_vae_state(load_pth_weights_only(vae), vae, "2.1", "animate-14B")
-    _require_file(root / ANIMATE_CLIP_FILE, "CLIP image encoder (open-clip XLM-RoBERTa ViT-H/14)")
+    check_official_folder(root, "animate-14B")
     if use_relighting_lora:
-        _require_file(root / RELIGHTING_LORA_FILE, "relighting LoRA (use_relighting_lora=True)")
+        lora = root / RELIGHTING_LORA_FILE
+        if not lora.is_file():
+            raise FileNotFoundError(f"Missing relighting LoRA (use_relighting_lora=True): {lora}.")
         if not is_peft_available():
             raise ImportError("use_relighting_lora=True needs peft (pip install 'diffusers-wan22[lora]').")
 

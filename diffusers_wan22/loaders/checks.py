@@ -22,6 +22,7 @@ from typing import Callable, Iterable, Mapping
 
 from accelerate import init_empty_weights
 
+from ..core.animate import ANIMATE_CLIP_FILE
 from ..core.folders import read_json_object
 from ..core.names import EXPERT_DIRS, T5_FILE, TOKENIZER_DIR, VAE_FILES, WAV2VEC_DIR
 from ..core.official_keys import detect_vae_version
@@ -139,6 +140,8 @@ def check_official_folder(root: str | os.PathLike, variant: str) -> None:
         check_dit_folder(root, "DiT")
     if variant == "s2v-14B":
         _require_file(root / WAV2VEC_DIR / "config.json", "wav2vec2 audio encoder config")
+    if variant == "animate-14B":
+        _require_file(root / ANIMATE_CLIP_FILE, "CLIP image encoder (open-clip XLM-RoBERTa ViT-H/14)")
     check_tokenizer_folder(root / TOKENIZER_DIR)
     # Memory-mapped, so only the pickled index is read; a file with pickled code is refused here, before minutes of
     # transformer loading, and a VAE of the wrong version is caught before it meets the transformer.

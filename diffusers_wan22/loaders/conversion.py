@@ -66,7 +66,7 @@ from ..models.transformer_wan_moe import WanMoETransformer3DModel
 from ..models.transformer_wan_turbo import TurboWanMoETransformer3DModel
 from ..schedulers.official import official_scheduler
 from ..schedulers.scheduling_rcm import RCMScheduler
-from .animate import check_blur_kernels, check_official_animate_folder
+from .animate import check_blur_kernels
 from .checks import check_official_folder, check_tensors_fit_model, read_official_dit_config
 from .file_io import DTYPES, SAFETENSORS_DTYPES, load_pth_weights_only, shard_files
 from .official_models import load_official_audio_stack, official_transformer_kind, t5_config_from_official
@@ -353,8 +353,8 @@ def vae_plan(reader: TensorReader, vae_path: Path, version: str) -> ComponentPla
 
 
 def _animate_plans(src: Path, reader: TensorReader) -> list[ComponentPlan]:
-    """Animate-14B: the DiT (its blur filters checked, not written) and the CLIP visual tower."""
-    check_official_animate_folder(src)
+    """Animate-14B: the DiT (its blur filters checked, not written) and the CLIP visual tower (the folder was checked
+    by `plan_conversion`)."""
     refs = _mapped_refs(reader, _safetensors_files(src), official_animate_key_to_diffusers)
     kernels = [TensorRef(f, k, k) for f in _safetensors_files(src) for k in reader.keys(f)
                if BLUR_KERNEL_KEY.fullmatch(k)]
