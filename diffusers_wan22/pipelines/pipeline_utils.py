@@ -25,8 +25,7 @@ from ..core.names import HIGH
 from ..core.variants import VARIANTS, VariantDefaults, boundary_timestep
 from ..loaders.pipeline_loading import Wan22LoadingMixin
 from ..models.transformer_wan_moe import WanMoETransformer3DModel
-from ..schedulers.experts import expert_split_unshifted_sigmas, plan_experts
-from ..schedulers.official import set_official_timesteps, solver_family
+from ..schedulers.experts import schedule_steps
 from .checks import check_common_inputs
 from .memory import Wan22MemoryMixin
 from .parallel import Wan22ParallelMixin
@@ -236,14 +235,8 @@ class Wan22BasePipeline(Wan22LoadingMixin, Wan22MemoryMixin, Wan22ParallelMixin,
         if self.is_moe:
             ratio = self.transformer.config.boundary_ratio if boundary_ratio is None else boundary_ratio
             boundary_t = boundary_timestep(ratio, self.transformer.config.num_train_timesteps)
-        sigmas = None
-        if expert_steps is not None:
-            shift = self.scheduler.config.get("flow_shift", None) or self.scheduler.config.get("shift", 1.0)
-            sigmas = expert_split_unshifted_sigmas(*expert_steps, boundary_t, shift, solver_family(self.scheduler),
-                                                   self.transformer.config.num_train_timesteps)
-        timesteps = set_official_timesteps(self.scheduler, num_inference_steps, device=device,
-                                           unshifted_sigmas=sigmas)
-        experts = plan_experts(timesteps, boundary_t)
+        timesteps, experts = schedule_steps(self.scheduler, num_inference_steps, boundary_t, expert_steps,
+                                            self.transformer.config.num_train_timesteps, device)
         if self.is_moe:
             self._check_experts_loaded(experts, boundary_t)
         return timesteps, experts, [guidance[0] if e == HIGH else guidance[1] for e in experts]

@@ -8,7 +8,7 @@ import torch
 
 from ..core.names import HIGH, LOW
 from ..core.variants import boundary_timestep  # noqa: F401  (re-exported: the planning API)
-from .official import official_unshifted_sigmas, unshift_sigmas
+from .official import flow_shift, official_unshifted_sigmas, set_official_timesteps, solver_family, unshift_sigmas
 
 
 def expert_split_unshifted_sigmas(
@@ -56,3 +56,19 @@ def plan_experts(timesteps: torch.Tensor | list[float], boundary_t: float | None
     if boundary_t is None:
         return [HIGH] * len(values)
     return [HIGH if float(t) >= boundary_t else LOW for t in values]
+
+
+def schedule_steps(scheduler, num_inference_steps: int, boundary_t: float | None,
+                   expert_steps: tuple[int, int] | None = None, num_train_timesteps: int = 1000,
+                   device: torch.device | str | None = None) -> tuple[torch.Tensor, list[str]]:
+    """Set ``scheduler`` to the official grid (or, with ``expert_steps=(n_high, n_low)``, the grid split at the
+    boundary so exactly that many steps run on each expert) and return its timesteps and each step's expert.
+
+    What a pipeline runs (`Wan22BasePipeline.plan_steps`) and what the web page draws before the run.
+    """
+    sigmas = None
+    if expert_steps is not None:
+        sigmas = expert_split_unshifted_sigmas(*expert_steps, boundary_t, flow_shift(scheduler),
+                                               solver_family(scheduler), num_train_timesteps)
+    timesteps = set_official_timesteps(scheduler, num_inference_steps, device=device, unshifted_sigmas=sigmas)
+    return timesteps, plan_experts(timesteps, boundary_t)

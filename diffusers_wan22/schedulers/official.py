@@ -45,7 +45,8 @@ def unshift_sigmas(sigmas: np.ndarray, shift: float) -> np.ndarray:
     return sigmas / (shift - (shift - 1) * sigmas)
 
 
-def _flow_shift(scheduler) -> float:
+def flow_shift(scheduler) -> float:
+    """The shift of a flow-matching scheduler's config (``flow_shift``, or ``shift``; 1 when unset)."""
     cfg = scheduler.config
     return float(cfg.get("flow_shift", None) or cfg.get("shift", 1.0))
 
@@ -91,7 +92,7 @@ def set_official_timesteps(
     elif isinstance(scheduler, DPMSolverMultistepScheduler):
         _require_flow_config(scheduler)
         scheduler.set_timesteps(len(unshifted_sigmas), device=device)  # resets the solver state
-        sigmas = shift_sigmas(unshifted_sigmas, _flow_shift(scheduler))
+        sigmas = shift_sigmas(unshifted_sigmas, flow_shift(scheduler))
         timesteps = (sigmas * scheduler.config.num_train_timesteps).astype(np.int64)
         # The scheduler keeps sigmas on the CPU on purpose (no device syncs inside `step`).
         scheduler.sigmas = torch.from_numpy(np.append(sigmas, 0.0).astype(np.float32))

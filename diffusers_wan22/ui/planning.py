@@ -12,8 +12,8 @@ from ..core.memory_planner import GB, MemoryEstimate, ModelSpec, best_mode, esti
 from ..core.model_specs import folder_spec, variant_spec
 from ..core.names import RCM_SAMPLERS
 from ..core.variants import boundary_timestep
-from ..schedulers.experts import expert_split_unshifted_sigmas, plan_experts
-from ..schedulers.official import official_scheduler, set_official_timesteps, solver_family
+from ..schedulers.experts import schedule_steps
+from ..schedulers.official import official_scheduler
 from ..schedulers.scheduling_rcm import RCMScheduler
 from .tasks import TaskTab, is_tiny
 
@@ -41,22 +41,16 @@ class Schedule:
 
 def step_schedule(tab: TaskTab, steps: int, shift: float, solver: str = "unipc",
                   expert_steps: tuple[int, int] | None = None) -> Schedule:
-    """The schedule the pipeline will run: the official grid of ``solver`` shifted by ``shift`` (or the grid split
-    at the boundary into ``expert_steps``), each step's expert by the official rule (`plan_experts`). A Turbo tab
-    draws the rCM grid (``shift`` and ``expert_steps`` do not apply)."""
+    """The schedule the pipeline will run (`schedule_steps`, as `plan_steps` runs it): the official grid of
+    ``solver`` shifted by ``shift`` (or the grid split at the boundary into ``expert_steps``) and each step's
+    expert. A Turbo tab draws the rCM grid (``shift`` and ``expert_steps`` do not apply)."""
     boundary = boundary_timestep(tab.defaults.boundary_ratio, NUM_TRAIN_TIMESTEPS)
     if tab.is_turbo:
-        rcm = RCMScheduler(sampler=solver if solver in RCM_SAMPLERS else "sde")
-        rcm.set_timesteps(steps)
-        timesteps = rcm.timesteps.tolist()
-        return Schedule([float(t) for t in timesteps], plan_experts(timesteps, boundary), boundary)
+        solver, shift, expert_steps = (solver if solver in RCM_SAMPLERS else "sde"), None, None
     scheduler = scheduler_for(official_scheduler(tab.variant).config, solver, shift)
-    sigmas = None
-    if expert_steps is not None and boundary is not None:
-        sigmas = expert_split_unshifted_sigmas(*expert_steps, boundary, float(shift), solver_family(scheduler),
-                                               NUM_TRAIN_TIMESTEPS)
-    timesteps = set_official_timesteps(scheduler, steps, unshifted_sigmas=sigmas).tolist()
-    return Schedule([float(t) for t in timesteps], plan_experts(timesteps, boundary), boundary)
+    timesteps, experts = schedule_steps(scheduler, steps, boundary, expert_steps if boundary is not None else None,
+                                        NUM_TRAIN_TIMESTEPS)
+    return Schedule([float(t) for t in timesteps.tolist()], experts, boundary)
 
 
 # ---------------------------------------------------------------------------------------------- memory plan
