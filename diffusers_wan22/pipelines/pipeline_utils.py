@@ -231,12 +231,13 @@ class Wan22BasePipeline(Wan22LoadingMixin, Wan22MemoryMixin, Wan22ParallelMixin,
         `expert_split_unshifted_sigmas`), so exactly that many steps run on each expert. A schedule that needs an
         expert that is not loaded is refused here, before any model runs.
         """
-        boundary_t = None
+        boundary_t, num_train = None, 1000  # a dense model has no boundary (and no expert split)
         if self.is_moe:
             ratio = self.transformer.config.boundary_ratio if boundary_ratio is None else boundary_ratio
-            boundary_t = boundary_timestep(ratio, self.transformer.config.num_train_timesteps)
-        timesteps, experts = schedule_steps(self.scheduler, num_inference_steps, boundary_t, expert_steps,
-                                            self.transformer.config.num_train_timesteps, device)
+            num_train = self.transformer.config.num_train_timesteps
+            boundary_t = boundary_timestep(ratio, num_train)
+        timesteps, experts = schedule_steps(self.scheduler, num_inference_steps, boundary_t, expert_steps, num_train,
+                                            device)
         if self.is_moe:
             self._check_experts_loaded(experts, boundary_t)
         return timesteps, experts, [guidance[0] if e == HIGH else guidance[1] for e in experts]
