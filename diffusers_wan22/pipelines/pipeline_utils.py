@@ -17,7 +17,7 @@ from typing import Any, Callable
 import torch
 from diffusers import AutoencoderKLWan, DiffusionPipeline, WanPipeline
 from diffusers.callbacks import MultiPipelineCallbacks, PipelineCallback
-from diffusers.utils.torch_utils import get_module_execution_device
+from diffusers.utils.torch_utils import get_module_execution_device, randn_tensor
 from diffusers.video_processor import VideoProcessor
 
 from .._compat import WAN_T5_PROMPT_EMBEDS, diffusers_hook_registry, has_accelerate_hook, reset_stateful_cache
@@ -99,6 +99,19 @@ class Wan22BasePipeline(Wan22LoadingMixin, Wan22MemoryMixin, Wan22ParallelMixin,
         """``pipe.interrupt = True`` (e.g. from ``callback_on_step_end`` or a UI's Cancel): the loop skips the
         remaining steps of this call, as diffusers' ``pipe._interrupt = True`` does; reset when a call begins."""
         self._interrupt = bool(value)
+
+    @property
+    def current_clip(self) -> int | None:
+        """Index of the clip being generated inside a call of a clip-by-clip pipeline (S2V, Animate), else ``None``."""
+        return getattr(self, "_current_clip", None)
+
+    def clip_noise(self, clip: int, latents, shape: tuple[int, ...], generator, device) -> torch.Tensor:
+        """Initial noise of one clip of a clip-by-clip pipeline: the caller's (one tensor per clip, or one for every
+        clip) or drawn from ``generator``, the clips continuing its stream (a CPU generator works for any device)."""
+        if latents is None:
+            return randn_tensor(shape, generator=generator, device=device, dtype=torch.float32)
+        noise = latents[clip] if isinstance(latents, (list, tuple)) else latents
+        return noise.reshape(shape).to(device=device, dtype=torch.float32)
 
     @property
     def attention_kwargs(self):

@@ -26,7 +26,7 @@ from typing import Any, Callable
 import torch
 import torch.nn.functional as F
 from diffusers import AutoencoderKLWan, WanAnimateTransformer3DModel
-from diffusers.utils.torch_utils import get_module_execution_device, randn_tensor
+from diffusers.utils.torch_utils import get_module_execution_device
 from transformers import AutoTokenizer, CLIPVisionModel, UMT5EncoderModel
 from transformers.image_utils import OPENAI_CLIP_MEAN, OPENAI_CLIP_STD
 
@@ -213,11 +213,6 @@ class Wan22AnimatePipeline(Wan22LoraLoaderMixin, Wan22BasePipeline):
         pipe.lazy_source = None
         return pipe
 
-    @property
-    def current_clip(self) -> int | None:
-        """Index of the clip being generated (inside a call)."""
-        return getattr(self, "_current_clip", None)
-
     # ------------------------------------------------------------------ checks
     def check_animate_inputs(self, prompt, negative_prompt, prompt_embeds, negative_prompt_embeds, clip_len: int,
                              refert_num: int, num_inference_steps: int, guidance_scale: float, latents, output_type,
@@ -374,12 +369,6 @@ class Wan22AnimatePipeline(Wan22LoraLoaderMixin, Wan22BasePipeline):
         return (d.num_frames if segment_frame_length is None else segment_frame_length,
                 d.sample_steps if num_inference_steps is None else num_inference_steps,
                 d.guidance_scale if guidance_scale is None else guidance_scale)
-
-    def clip_noise(self, clip: int, latents, shape: tuple[int, ...], generator, device) -> torch.Tensor:
-        """Initial noise of one clip: the caller's, or drawn from ``generator`` (the clips continue its stream)."""
-        if latents is None:
-            return randn_tensor(shape, generator=generator, device=device, dtype=torch.float32)
-        return latents[clip].reshape(shape).to(device=device, dtype=torch.float32)
 
     def generate_clips(self, call: _AnimateCall, latents, shape, generator, steps: int, device, attention_kwargs,
                        callback, tensor_inputs, output_type: str, motion_encode_batch_size) -> list[torch.Tensor]:

@@ -81,11 +81,6 @@ class Wan22SpeechToVideoPipeline(Wan22LoraLoaderMixin, Wan22BasePipeline):
         self.register_wan_modules(vae=vae, text_encoder=text_encoder, tokenizer=tokenizer, transformer=transformer,
                                   scheduler=scheduler, audio_encoder=audio_encoder, audio_processor=audio_processor)
 
-    @property
-    def current_clip(self) -> int | None:
-        """Index of the clip being generated (inside a call)."""
-        return getattr(self, "_current_clip", None)
-
     # ------------------------------------------------------------------ checks
     def check_s2v_inputs(self, image, prompt, negative_prompt, height, width, max_area, num_clips, infer_frames,
                          num_inference_steps, guidance_scale, latents, pose_video, output_type,
@@ -160,13 +155,6 @@ class Wan22SpeechToVideoPipeline(Wan22LoraLoaderMixin, Wan22BasePipeline):
             got = tuple(noise.shape) if isinstance(noise, torch.Tensor) else type(noise).__name__
             raise ValueError(f"`latents` for clip {clip} is {got}; this call needs a tensor of shape "
                              f"{tuple(shape)} ([1, channels, (infer_frames + 3 + 73) // 4 - 19, height/8, width/8]).")
-
-    def clip_noise(self, clip: int, latents, shape: tuple[int, ...], generator, device) -> torch.Tensor:
-        """Initial noise of one clip: the caller's tensor (one per clip, or one reused) or fresh Gaussian noise."""
-        if latents is None:
-            return torch.randn(shape, generator=generator, device=device, dtype=torch.float32)
-        noise = latents[clip] if isinstance(latents, (list, tuple)) else latents
-        return noise.reshape(shape).to(device=device, dtype=torch.float32)
 
     # ------------------------------------------------------------------ one clip
     def denoise_clip(self, noise, num_inference_steps: int, guidance_scale: float, prompt_embeds,
